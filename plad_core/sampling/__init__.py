@@ -1,0 +1,1 @@
+"""Sampling backends. Each backend turns prompts into rows of the shared samples schema."""

@@ -1,0 +1,320 @@
+"""The pipeline's stages as plain functions: ``run_<stage>(cfg, store, *upstream) -> Artifact``.
+
+Each stage names the config paths it reads (its slice) and a code version; with the upstream
+artifact keys these make its artifact key (see ``plad_core.artifacts``). Nothing here knows Prefect:
+``flows/distill.py`` wraps these functions as tasks, and ``run_stage`` below resolves the same DAG
+for plain Python callers and ``plad stage``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+
+from plad_core import data as data_lib
+from plad_core import evaluate as eval_lib
+from plad_core import models, train
+from plad_core.artifacts import Artifact, ArtifactStore, sha256_file
+from plad_core.config import config_slice
+from plad_core.pairs import PAIRS_SCHEMA, build_pairs
+from plad_core.sampling import hf
+from plad_core.sampling.shards import sample_sharded
+
+log = logging.getLogger("plad.stages")
+
+DEPENDENCIES: dict[str, tuple[str, ...]] = {
+    "prepare_data": (),
+    "init_student": ("prepare_data",),
+    "sft_student": ("prepare_data", "init_student"),
+    "sample_teacher": ("prepare_data",),
+    "sample_student": ("prepare_data", "sft_student"),
+    "build_pairs": ("prepare_data", "sample_teacher", "sample_student"),
+    "calibrate": ("build_pairs", "sft_student"),
+    "evaluate": ("prepare_data", "sft_student", "calibrate"),
+}
+
+# Bump a stage's version when its code changes what it produces: its artifacts and all downstream ones rebuild.
+VERSIONS = {name: 1 for name in DEPENDENCIES}
+
+MODEL_DIR = "model"
+DATA_SLICE = ["data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
+
+
+def _materialize(store: ArtifactStore, stage: str, config: dict[str, Any], upstream: list[Artifact],
+                 build: Callable[[Path, Path], dict[str, Any]], force: bool) -> Artifact:
+    return store.materialize(stage, VERSIONS[stage], config, {a.stage: a.key for a in upstream}, build, force)
+
+
+def _rows(data: Artifact, split: str) -> pd.DataFrame:
+    rows = pd.read_parquet(data.file("rows.parquet"))
+    return rows[rows["split"] == split].reset_index(drop=True)
+
+
+def _prompts(rows: pd.DataFrame, data: Artifact, prompt_cfg: DictConfig, tokenizer: Any) -> tuple[list[str], int]:
+    examples = data_lib.fewshot_examples(_rows(data, "labeled"), prompt_cfg.fewshot_k)
+    return data_lib.build_prompts(rows, tokenizer, prompt_cfg.template, examples, prompt_cfg.fewshot_separator,
+                                  prompt_cfg.max_tokens)
+
+
+def _teacher_identity(cfg: DictConfig) -> dict[str, Any]:
+    return models.model_fingerprint(cfg.teacher.model, cfg.teacher.revision)
+
+
+def _load_teacher(cfg: DictConfig):
+    t = cfg.teacher
+    return models.load_model(t.model, cfg.cache_dir, t.revision, t.trust_remote_code, t.use_safetensors)
+
+
+def _load_artifact_model(artifact: Artifact, cfg: DictConfig):
+    return models.load_model(str(artifact.file(MODEL_DIR)), cfg.cache_dir)
+
+
+def _write_log(history: list[dict[str, float]], path: Path) -> None:
+    pd.DataFrame(history).to_parquet(path, index=False)
+
+
+def run_prepare_data(cfg: DictConfig, store: ArtifactStore, force: bool = False) -> Artifact:
+    """Load, validate and split the rows into labeled / unlabeled / dev (``rows.parquet``)."""
+    path = cfg.data.path
+    fingerprint = sha256_file(Path(path)) if Path(path).is_file() else path
+    config = {**config_slice(cfg, DATA_SLICE), "content_sha256": fingerprint}
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        loaded = data_lib.load_rows(path, cfg.data.format)
+        sizes = {"labeled": cfg.data.n_labeled, "unlabeled": cfg.data.n_unlabeled, "dev": cfg.data.n_dev}
+        frame = data_lib.split_rows(loaded.rows, sizes, cfg.data.split_salt)
+        pq.write_table(pa.Table.from_pandas(frame, schema=data_lib.ROWS_SCHEMA, preserve_index=False),
+                       out / "rows.parquet")
+        return {"rows": frame["split"].value_counts().to_dict(), "source_rows": len(loaded.rows),
+                "dropped_empty": loaded.dropped_empty}
+
+    return _materialize(store, "prepare_data", config, [], build, force)
+
+
+def _heal_texts(data: Artifact, cfg: DictConfig) -> list[str]:
+    """Text the sliced student is healed on: labeled prompts with their summaries, unlabeled prompts."""
+    template = cfg.student.prompt.template
+    labeled = [data_lib.render_prompt(r, template, [], "") + " " + r["summary"]
+               for r in _rows(data, "labeled").to_dict("records")]
+    unlabeled = [data_lib.render_prompt(r, template, [], "") for r in _rows(data, "unlabeled").to_dict("records")]
+    return labeled + unlabeled
+
+
+def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, force: bool = False) -> Artifact:
+    """The student before SFT: the configured model, or a layer slice of the teacher healed by token KD."""
+    s = cfg.student
+    if s.model:
+        config = {"student": models.model_fingerprint(s.model, s.revision)}
+        upstream: list[Artifact] = []
+    else:
+        config = {"teacher": _teacher_identity(cfg), **config_slice(cfg, ["student.keep_layers", "student.heal"])}
+        upstream = [data]
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        if s.model:
+            student, tokenizer = models.load_model(s.model, cfg.cache_dir, s.revision, s.trust_remote_code,
+                                                   s.use_safetensors)
+            models.save_model(student, tokenizer, out / MODEL_DIR)
+            return {"source": s.model}
+        teacher, tokenizer = _load_teacher(cfg)
+        student, _ = _load_teacher(cfg)
+        models.slice_layers(student, list(s.keep_layers))
+        heal = s.heal
+        texts = _heal_texts(data, cfg)
+        held_out = [data_lib.render_prompt(r, s.prompt.template, [], "") + " " + r["summary"]
+                    for r in _rows(data, "dev").head(16).to_dict("records")]
+        before = train.perplexity(student, tokenizer, held_out, heal.seq_len)
+        items = [train.encode(tokenizer, t, None, heal.seq_len) for t in texts]
+        batches = [train.collate(b, tokenizer.pad_token_id)
+                   for b in train.length_grouped_batches(items, lambda e: len(e.ids), heal.batch_size, heal.seed)]
+        teacher.requires_grad_(False)
+        history = train.train_loop(student, batches, train.distill_step(student, teacher, heal.temperature),
+                                   lr=heal.lr, max_steps=heal.steps, seed=heal.seed, desc="heal student")
+        stats = {"layers": len(s.keep_layers), "perplexity_teacher": train.perplexity(teacher, tokenizer, held_out, heal.seq_len),
+                 "perplexity_before_heal": before,
+                 "perplexity_after_heal": train.perplexity(student, tokenizer, held_out, heal.seq_len),
+                 "parameters": sum(p.numel() for p in student.parameters())}
+        models.save_model(student, tokenizer, out / MODEL_DIR)
+        _write_log(history, out / "heal_log.parquet")
+        log.info("student healed: perplexity %.0f -> %.1f (teacher %.1f)", stats["perplexity_before_heal"],
+                 stats["perplexity_after_heal"], stats["perplexity_teacher"])
+        return stats
+
+    return _materialize(store, "init_student", config, upstream, build, force)
+
+
+def _optim_kwargs(optim: DictConfig) -> dict[str, Any]:
+    return {k: optim[k] for k in ("lr", "epochs", "max_steps", "grad_accum", "weight_decay", "warmup_steps",
+                                  "schedule", "grad_clip", "bf16", "seed")}
+
+
+def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init: Artifact,
+                    force: bool = False) -> Artifact:
+    """Supervised fine-tuning on the labeled split; loss on the summary tokens only."""
+    config = config_slice(cfg, ["sft", "student.prompt"])
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        student, tokenizer = _load_artifact_model(init, cfg)
+        labeled = _rows(data, "labeled")
+        prompts, truncated = _prompts(labeled, data, cfg.student.prompt, tokenizer)
+        items = [train.encode(tokenizer, p, s, cfg.sft.max_seq_len) for p, s in zip(prompts, labeled["summary"])]
+        batches = [train.collate(b, tokenizer.pad_token_id) for b in
+                   train.length_grouped_batches(items, lambda e: len(e.ids), cfg.sft.batch_size, cfg.sft.seed)]
+        history = train.train_loop(student, batches, train.sft_step(student), **_optim_kwargs(cfg.sft),
+                                   desc="sft student")
+        models.save_model(student, tokenizer, out / MODEL_DIR)
+        _write_log(history, out / "train_log.parquet")
+        return {"examples": len(items), "truncated_prompts": truncated, "steps": len(history),
+                "final_loss": history[-1]["loss"] if history else None}
+
+    return _materialize(store, "sft_student", config, [data, init], build, force)
+
+
+def _sample(cfg: DictConfig, side: DictConfig, model: Any, tokenizer: Any, model_name: str, data: Artifact,
+            out: Path, work: Path) -> dict[str, Any]:
+    rows = _rows(data, "unlabeled")
+    prompts, truncated = _prompts(rows, data, side.prompt, tokenizer)
+    sp = side.sampling
+
+    def generate(batch_prompts: list[str], seed: int) -> list[hf.Generation]:
+        return hf.generate(model, tokenizer, batch_prompts, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
+                           max_new_tokens=sp.max_new_tokens, batch_size=sp.batch_size, seed=seed, stop=list(sp.stop),
+                           desc=f"sample {model_name}")
+
+    meta = {"backend": "hf", "model": model_name, "temperature": sp.temperature, "top_p": sp.top_p,
+            "max_new_tokens": sp.max_new_tokens}
+    stats = sample_sharded(list(rows["id"]), prompts, generate, meta, sp.seed, sp.shard_size, work,
+                           out / "samples.parquet")
+    return {**stats, "truncated_prompts": truncated}
+
+
+def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, force: bool = False) -> Artifact:
+    """Teacher outputs y_T for every unlabeled prompt (``samples.parquet``), sharded and resumable."""
+    config = {"teacher": _teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt", "teacher.sampling"])}
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        model, tokenizer = _load_teacher(cfg)
+        return _sample(cfg, cfg.teacher, model, tokenizer, cfg.teacher.model, data, out, work)
+
+    return _materialize(store, "sample_teacher", config, [data], build, force)
+
+
+def run_sample_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact,
+                       force: bool = False) -> Artifact:
+    """SFT-student outputs y_S for every unlabeled prompt (``samples.parquet``), sharded and resumable."""
+    config = config_slice(cfg, ["student.prompt", "student.sampling"])
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        model, tokenizer = _load_artifact_model(sft, cfg)
+        return _sample(cfg, cfg.student, model, tokenizer, f"sft_student:{sft.key}", data, out, work)
+
+    return _materialize(store, "sample_student", config, [data, sft], build, force)
+
+
+def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teacher_samples: Artifact,
+                    student_samples: Artifact, force: bool = False) -> Artifact:
+    """Pseudo-preference pairs (chosen = teacher text, rejected = student text) in ``pairs.parquet``."""
+    config = config_slice(cfg, ["pairs"])
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        unlabeled = _rows(data, "unlabeled")
+        pairs, stats = build_pairs(pd.read_parquet(teacher_samples.file("samples.parquet")),
+                                   pd.read_parquet(student_samples.file("samples.parquet")),
+                                   dict(zip(unlabeled["id"], unlabeled["summary"])), cfg.pairs.min_chars)
+        pq.write_table(pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False), out / "pairs.parquet")
+        return {**stats, "rows": len(pairs)}
+
+    return _materialize(store, "build_pairs", config, [data, teacher_samples, student_samples], build, force)
+
+
+def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,
+                  force: bool = False) -> Artifact:
+    """PLaD calibration of the SFT student on the pairs with the ranking loss."""
+    config = config_slice(cfg, ["train"])
+    if cfg.train.loss != "ranking":
+        raise ValueError(f"train.loss='{cfg.train.loss}' is not implemented; available: ranking")
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        student, tokenizer = _load_artifact_model(sft, cfg)
+        frame = pd.read_parquet(pairs.file("pairs.parquet"))
+        if frame.empty:
+            raise ValueError(f"{pairs.file('pairs.parquet')}: no pairs to train on")
+        o = cfg.train.optim
+        items = [(train.encode(tokenizer, p, c, o.max_seq_len), train.encode(tokenizer, p, r, o.max_seq_len))
+                 for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"])]
+        grouped = train.length_grouped_batches(items, lambda it: max(len(it[0].ids), len(it[1].ids)),
+                                               o.batch_size, o.seed)
+        batches = [train.collate([c for c, _ in b] + [r for _, r in b], tokenizer.pad_token_id) for b in grouped]
+        history = train.train_loop(student, batches, train.ranking_step(student, cfg.train.beta),
+                                   **_optim_kwargs(o), desc="calibrate (PLaD ranking)")
+        models.save_model(student, tokenizer, out / MODEL_DIR)
+        _write_log(history, out / "train_log.parquet")
+        return {"pairs": len(frame), "steps": len(history), "final_loss": history[-1]["loss"],
+                "first_pair_accuracy": history[0]["pair_accuracy"], "last_pair_accuracy": history[-1]["pair_accuracy"]}
+
+    return _materialize(store, "calibrate", config, [pairs, sft], build, force)
+
+
+def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact, calibrated: Artifact,
+                 force: bool = False) -> Artifact:
+    """Greedy summaries of the dev split by each system; ROUGE-1/2/L F1 against the human TL;DRs."""
+    systems = list(cfg.eval.systems)
+    config = {**config_slice(cfg, ["eval", "student.prompt"]),
+              **({"teacher": _teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
+                 if "teacher" in systems else {})}
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        dev = _rows(data, "dev")
+        loaders = {"teacher": (lambda: _load_teacher(cfg), cfg.teacher.prompt),
+                   "sft": (lambda: _load_artifact_model(sft, cfg), cfg.student.prompt),
+                   "plad": (lambda: _load_artifact_model(calibrated, cfg), cfg.student.prompt)}
+        unknown = [s for s in systems if s not in loaders]
+        if unknown:
+            raise ValueError(f"eval.systems has unknown names {unknown}; known: {list(loaders)}")
+        metrics, frames = {}, []
+        for system in systems:
+            load, prompt_cfg = loaders[system]
+            model, tokenizer = load()
+            prompts, _ = _prompts(dev, data, prompt_cfg, tokenizer)
+            gens = hf.generate(model, tokenizer, prompts, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens,
+                               batch_size=cfg.eval.batch_size, stop=list(cfg.eval.stop), desc=f"evaluate {system}")
+            texts = [g.text for g in gens]
+            scores = eval_lib.rouge_f1(texts, list(dev["summary"]), cfg.eval.rouge_stemmer)
+            metrics[system] = eval_lib.summarize_system(scores, [g.output_tokens for g in gens])
+            frames.append(pd.DataFrame({"system": system, "id": dev["id"], "text": texts,
+                                        "output_tokens": [g.output_tokens for g in gens], **scores}))
+        pd.concat(frames).to_parquet(out / "generations.parquet", index=False)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (out / "results.md").write_text(eval_lib.results_table(metrics) + "\n")
+        return {"metrics": metrics, "dev_rows": len(dev)}
+
+    return _materialize(store, "evaluate", config, [data, sft, calibrated], build, force)
+
+
+RUNNERS: dict[str, Callable[..., Artifact]] = {
+    "prepare_data": run_prepare_data, "init_student": run_init_student, "sft_student": run_sft_student,
+    "sample_teacher": run_sample_teacher, "sample_student": run_sample_student, "build_pairs": run_build_pairs,
+    "calibrate": run_calibrate, "evaluate": run_evaluate,
+}
+
+
+def run_stage(name: str, cfg: DictConfig, store: ArtifactStore, force: frozenset[str] = frozenset(),
+              done: dict[str, Artifact] | None = None) -> Artifact:
+    """Materialize ``name`` and, first, whatever it depends on (reused when already in the store).
+
+    Stages in ``force`` are rebuilt even when their artifact exists.
+    """
+    if name not in RUNNERS:
+        raise KeyError(f"unknown stage '{name}'; stages: {', '.join(RUNNERS)}")
+    done = {} if done is None else done
+    if name not in done:
+        upstream = [run_stage(dep, cfg, store, force, done) for dep in DEPENDENCIES[name]]
+        done[name] = RUNNERS[name](cfg, store, *upstream, force=name in force)
+    return done[name]

@@ -1,0 +1,32 @@
+"""Tiny random-init Llama models with SmolLM2's real tokenizer, saved as local folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from plad_core.models import load_tokenizer, resolve_model_path
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / "data" / "cache"
+TLDR = REPO.parent / "shared" / "data" / "tldr" / "validation.jsonl"
+
+
+def real_tokenizer():
+    return load_tokenizer(resolve_model_path("embedded:smollm2-135m-instruct", CACHE))
+
+
+def make_tiny_model(out: Path, layers: int = 4, seed: int = 0, hidden: int = 64) -> Path:
+    tokenizer = real_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
