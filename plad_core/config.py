@@ -90,6 +90,7 @@ class HealConfig:
     seq_len: int = 384
     lr: float = 1e-3
     temperature: float = 1.0
+    bf16: bool = True
     seed: int = 0
 
 

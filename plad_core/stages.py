@@ -136,7 +136,8 @@ def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, forc
                    for b in train.length_grouped_batches(items, lambda e: len(e.ids), heal.batch_size, heal.seed)]
         teacher.requires_grad_(False)
         history = train.train_loop(student, batches, train.distill_step(student, teacher, heal.temperature),
-                                   lr=heal.lr, max_steps=heal.steps, seed=heal.seed, desc="heal student")
+                                   lr=heal.lr, max_steps=heal.steps, bf16=heal.bf16, seed=heal.seed,
+                                   desc="heal student")
         stats = {"layers": len(s.keep_layers), "perplexity_teacher": train.perplexity(teacher, tokenizer, held_out, heal.seq_len),
                  "perplexity_before_heal": before,
                  "perplexity_after_heal": train.perplexity(student, tokenizer, held_out, heal.seq_len),

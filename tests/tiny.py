@@ -30,3 +30,13 @@ def make_tiny_model(out: Path, layers: int = 4, seed: int = 0, hidden: int = 64)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def tiny_overrides(root: Path, teacher: Path) -> list[str]:
+    """A whole-pipeline config on 16 real TL;DR rows and tiny models: runs in seconds."""
+    return [f"data.path={TLDR}", "data.n_labeled=6", "data.n_unlabeled=6", "data.n_dev=4",
+            f"artifacts_root={root / 'artifacts'}", f"cache_dir={CACHE}",
+            f"teacher.model={teacher}", "student.keep_layers=[0,3]", "student.heal.steps=2",
+            "teacher.sampling.max_new_tokens=8", "student.sampling.max_new_tokens=8", "eval.max_new_tokens=8",
+            "teacher.sampling.shard_size=4", "teacher.sampling.stop=[]", "student.sampling.stop=[]",
+            "sft.batch_size=2", "train.optim.batch_size=2"]

@@ -1,0 +1,127 @@
+"""``plad``: run the flow, run one stage, show the config, inspect pairs.
+
+    plad run [--config NAME] [--force STAGE ...] [key=value ...]    the Prefect flow `distill`
+    plad stage NAME [--config NAME] [--force] [key=value ...]       one stage, plain Python
+    plad config show [--config NAME] [key=value ...]                 the merged config as YAML
+    plad pairs show [PATH|latest] [-n 5] [--config NAME]             pairs, readably
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from plad_core.artifacts import ArtifactStore
+from plad_core.config import ConfigError, load_config
+from plad_core.data import DataError
+from plad_core.models import ModelError, set_threads
+from plad_core.stages import RUNNERS, run_stage
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="tldr", help="config name under conf/ or a YAML path (default: tldr)")
+    parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. train.beta=0.5")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "plad")
+    distill = importlib.import_module("flows.distill").distill  # Prefect is imported only by this command
+    result = distill(config=args.config, overrides=args.overrides, force=args.force)
+    cfg = load_config(args.config, args.overrides)
+    evaluate = Path(result["artifacts"]["evaluate"])
+    print(f"\nResults ({cfg.name}, dev split):\n")
+    print((evaluate / "results.md").read_text())
+    print(f"Pairs:   {Path(result['artifacts']['build_pairs']) / 'pairs.parquet'}")
+    print(f"Report:  {evaluate / 'results.md'}")
+
+
+def cmd_stage(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.overrides)
+    set_threads(cfg.threads)
+    artifact = run_stage(args.name, cfg, ArtifactStore(cfg.artifacts_root),
+                         force=frozenset([args.name]) if args.force else frozenset())
+    print(f"{args.name}: {artifact.path}")
+    print(OmegaConf.to_yaml(OmegaConf.create({"stats": artifact.manifest["stats"]})))
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    print(OmegaConf.to_yaml(load_config(args.config, args.overrides)), end="")
+
+
+def cmd_pairs_show(args: argparse.Namespace) -> None:
+    if args.path == "latest":
+        store = ArtifactStore(load_config(args.config).artifacts_root)
+        latest = store.latest("build_pairs")
+        if latest is None:
+            raise SystemExit(f"no pairs under {store.root / 'build_pairs'}; run `plad run` or `plad stage build_pairs`")
+        path = latest.file("pairs.parquet")
+    else:
+        path = Path(args.path)
+        path = path / "pairs.parquet" if path.is_dir() else path
+    frame = pd.read_parquet(path)
+    print(f"{path}: {len(frame)} pairs\n")
+    for row in frame.head(args.n).to_dict("records"):
+        prompt_tail = row["prompt"][-args.prompt_chars:].replace("\n", " ")
+        print(f"── {row['id']} (sample {row['sample_index']}) ──")
+        print(textwrap.fill(f"prompt: …{prompt_tail}", 100, subsequent_indent="        "))
+        print(textwrap.fill(f"chosen   ({row['chosen_tokens']} tok, teacher): {row['chosen']}", 100,
+                            subsequent_indent="        "))
+        print(textwrap.fill(f"rejected ({row['rejected_tokens']} tok, student): {row['rejected']}", 100,
+                            subsequent_indent="        "))
+        if row.get("reference"):
+            print(textwrap.fill(f"reference: {row['reference']}", 100, subsequent_indent="        "))
+        print()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="plad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the distill flow (Prefect)")
+    _add_config_args(run)
+    run.add_argument("--force", nargs="*", default=[], metavar="STAGE", help="stages to rebuild")
+    run.set_defaults(func=cmd_run)
+
+    stage = commands.add_parser("stage", help="run one stage (and any missing upstream), without Prefect")
+    stage.add_argument("name", choices=list(RUNNERS))
+    _add_config_args(stage)
+    stage.add_argument("--force", action="store_true", help="rebuild this stage even if its artifact exists")
+    stage.set_defaults(func=cmd_stage)
+
+    config = commands.add_parser("config", help="configuration")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    show = config_sub.add_parser("show", help="print the merged config")
+    _add_config_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    pairs = commands.add_parser("pairs", help="pseudo-preference pairs")
+    pairs_sub = pairs.add_subparsers(dest="action", required=True)
+    pshow = pairs_sub.add_parser("show", help="print pairs readably")
+    pshow.add_argument("path", nargs="?", default="latest", help="pairs.parquet, its artifact folder, or 'latest'")
+    pshow.add_argument("-n", type=int, default=5, help="how many pairs (default 5)")
+    pshow.add_argument("--config", default="tldr", help="config whose artifacts_root holds 'latest'")
+    pshow.add_argument("--prompt-chars", type=int, default=200, help="characters of prompt to show (its end)")
+    pshow.set_defaults(func=cmd_pairs_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, ModelError) as err:
+        print(f"plad: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+import json
+
+import pandas as pd
+import pytest
+
+from plad_core.data import DataError, build_prompts, fewshot_examples, load_rows, render_prompt, split_rows
+from tiny import TLDR, real_tokenizer
+
+ROW = {"id": "a", "subreddit": "test", "title": "T", "post": "hello there", "summary": "hi"}
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+def test_real_file_loads_all_rows():
+    loaded = load_rows(str(TLDR))
+    assert len(loaded.rows) == 1945 and loaded.dropped_empty == 0
+    assert loaded.rows[0]["id"] == "oai1b-0"
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    path = write_jsonl(tmp_path / "bad.jsonl", [ROW, {**ROW, "id": "b"}, '{"id": "c", "post": '])
+    with pytest.raises(DataError, match=r"bad\.jsonl:3: malformed JSON"):
+        load_rows(path)
+
+
+def test_missing_field_names_file_line_and_field(tmp_path):
+    broken = {k: v for k, v in ROW.items() if k != "summary"} | {"id": "b"}
+    path = write_jsonl(tmp_path / "rows.jsonl", [ROW, broken])
+    with pytest.raises(DataError, match=r"rows\.jsonl:2: missing field 'summary'"):
+        load_rows(path)
+
+
+def test_wrong_type_names_field(tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", [{**ROW, "post": 3}])
+    with pytest.raises(DataError, match=r"rows\.jsonl:1: field 'post' must be a string"):
+        load_rows(path)
+
+
+def test_duplicate_id_is_an_error(tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", [ROW, ROW])
+    with pytest.raises(DataError, match=r"rows\.jsonl:2: field 'id' repeats 'a' first seen on line 1"):
+        load_rows(path)
+
+
+def test_empty_posts_are_dropped_and_counted(tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", [ROW, {**ROW, "id": "b", "post": "  "}, {**ROW, "id": "c"}])
+    loaded = load_rows(path)
+    assert [r["id"] for r in loaded.rows] == ["a", "c"] and loaded.dropped_empty == 1
+
+
+def test_parquet_input(tmp_path):
+    pd.DataFrame([ROW, {**ROW, "id": "b"}]).to_parquet(tmp_path / "rows.parquet")
+    assert [r["id"] for r in load_rows(str(tmp_path / "rows.parquet")).rows] == ["a", "b"]
+
+
+def test_split_is_disjoint_sized_and_independent_of_file_order():
+    rows = load_rows(str(TLDR)).rows
+    sizes = {"labeled": 50, "unlabeled": 100, "dev": 30}
+    first = split_rows(rows, sizes, "salt")
+    second = split_rows(list(reversed(rows)), sizes, "salt")
+    assert first["split"].value_counts().to_dict() == sizes
+    assert first["id"].is_unique
+    pd.testing.assert_frame_equal(first.sort_values("id").reset_index(drop=True),
+                                  second.sort_values("id").reset_index(drop=True))
+    assert set(split_rows(rows, sizes, "other")["id"]) != set(first["id"])
+
+
+def test_split_larger_than_data_is_an_error():
+    with pytest.raises(DataError, match="need 5 rows but the data has 1"):
+        split_rows([ROW], {"labeled": 2, "unlabeled": 2, "dev": 1}, "s")
+
+
+def test_fewshot_examples_are_the_shortest_labeled_posts():
+    labeled = pd.DataFrame([{**ROW, "id": "x", "post": "a" * 50}, {**ROW, "id": "y", "post": "a" * 5},
+                            {**ROW, "id": "z", "post": "a" * 20}])
+    assert [e["id"] for e in fewshot_examples(labeled, 2)] == ["y", "z"]
+    prompt = render_prompt(ROW, "P: {post}\nS:", fewshot_examples(labeled, 1), "\n##\n")
+    assert prompt == "P: aaaaa\nS: hi\n##\nP: hello there\nS:"
+
+
+def test_prompts_are_truncated_to_the_token_budget_and_counted():
+    tokenizer = real_tokenizer()
+    rows = pd.DataFrame([{**ROW, "id": "short"}, {**ROW, "id": "long", "post": "word " * 400}])
+    prompts, truncated = build_prompts(rows, tokenizer, "POST: {post}\nTL;DR:", [], "", 64)
+    assert truncated == 1
+    assert prompts[0] == "POST: hello there\nTL;DR:"
+    assert len(tokenizer(prompts[1], add_special_tokens=False)["input_ids"]) <= 64
+    assert prompts[1].endswith("\nTL;DR:")

@@ -1,0 +1,125 @@
+"""The whole distill flow on tiny random-init models with the real tokenizer and 16 real rows."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.distill import distill
+from plad_core.artifacts import MANIFEST, ArtifactStore
+from plad_core.config import load_config
+from plad_core.pairs import PAIRS_SCHEMA
+from plad_core.sampling.schema import SAMPLES_SCHEMA
+from plad_core.stages import DEPENDENCIES, run_stage
+from tiny import make_tiny_model, tiny_overrides
+
+STAGES = list(DEPENDENCIES)
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow")
+    return root, tiny_overrides(root, make_tiny_model(root / "teacher", layers=4))
+
+
+@pytest.fixture(scope="module")
+def first_run(harness, tiny):
+    root, overrides = tiny
+    return distill(config="tldr", overrides=overrides)
+
+
+def manifest(path):
+    return json.loads((path / MANIFEST).read_text())
+
+
+@pytest.mark.slow
+def test_every_stage_commits_its_artifact_with_expected_rows(first_run):
+    paths = {k: __import__("pathlib").Path(v) for k, v in first_run["artifacts"].items()}
+    assert sorted(paths) == sorted(STAGES)
+    assert all((p / MANIFEST).is_file() for p in paths.values())
+
+    rows = pd.read_parquet(paths["prepare_data"] / "rows.parquet")
+    assert len(rows) == 16 and rows["split"].value_counts().to_dict() == {"labeled": 6, "unlabeled": 6, "dev": 4}
+    unlabeled = set(rows.loc[rows["split"] == "unlabeled", "id"])
+
+    for stage in ("sample_teacher", "sample_student"):
+        samples = pd.read_parquet(paths[stage] / "samples.parquet")
+        assert list(samples.columns) == SAMPLES_SCHEMA.names
+        assert len(samples) == 6 and set(samples["id"]) == unlabeled
+    assert manifest(paths["sample_teacher"])["stats"]["shards"] == 2  # shard_size 4 over 6 prompts
+
+    pairs = pd.read_parquet(paths["build_pairs"] / "pairs.parquet")
+    stats = manifest(paths["build_pairs"])["stats"]
+    assert list(pairs.columns) == PAIRS_SCHEMA.names
+    assert len(pairs) == stats["pairs"] == 6 - stats["dropped_empty"] - stats["dropped_identical"]
+    assert set(pairs["id"]) <= unlabeled
+
+    log = pd.read_parquet(paths["calibrate"] / "train_log.parquet")
+    assert len(log) == math.ceil(len(pairs) / 2)
+    assert {"loss", "pair_accuracy", "margin"} <= set(log.columns)
+    for stage in ("init_student", "sft_student", "calibrate"):
+        assert (paths[stage] / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_metrics_are_finite_for_every_system(first_run):
+    metrics = first_run["metrics"]
+    assert sorted(metrics) == ["plad", "sft", "teacher"]
+    for system in metrics.values():
+        assert system["n"] == 4
+        assert all(math.isfinite(v) for v in system.values())
+        assert 0 <= system["rougeL"] <= 100
+
+
+@pytest.mark.slow
+def test_second_run_reuses_every_stage(first_run, tiny):
+    root, overrides = tiny
+    before = {s: manifest(__import__("pathlib").Path(p))["started_at"] for s, p in first_run["artifacts"].items()}
+    again = distill(config="tldr", overrides=overrides)
+    assert again["artifacts"] == first_run["artifacts"]
+    assert {s: manifest(__import__("pathlib").Path(p))["started_at"] for s, p in again["artifacts"].items()} == before
+
+
+@pytest.mark.slow
+def test_a_config_change_rebuilds_that_stage_and_downstream_only(first_run, tiny):
+    root, overrides = tiny
+    keys = {s: __import__("pathlib").Path(p).name for s, p in first_run["artifacts"].items()}
+
+    def keys_with(extra):
+        cfg = load_config("tldr", overrides + extra)
+        store = ArtifactStore(cfg.artifacts_root)
+        done = {}
+        run_stage("evaluate", cfg, store, done=done)
+        return {s: a.key for s, a in done.items()}
+
+    beta = keys_with(["train.beta=0.5"])
+    assert [s for s in STAGES if beta[s] != keys[s]] == ["calibrate", "evaluate"]
+    sft = keys_with(["sft.lr=0.001"])
+    assert [s for s in STAGES if sft[s] != keys[s]] == ["sft_student", "sample_student", "build_pairs",
+                                                       "calibrate", "evaluate"]
+
+
+@pytest.mark.slow
+def test_cli_pairs_show_prints_pairs(first_run):
+    path = first_run["artifacts"]["build_pairs"]
+    out = subprocess.run([sys.executable, "-m", "plad_core.cli", "pairs", "show", path, "-n", "2"],
+                         capture_output=True, text=True, check=True).stdout
+    pairs = pd.read_parquet(f"{path}/pairs.parquet")
+    assert out.startswith(f"{path}/pairs.parquet: {len(pairs)} pairs")
+    assert pairs["id"].iloc[0] in out and "chosen" in out and "rejected" in out
+
+
+def test_library_never_imports_prefect():
+    code = ("import sys, plad_core.stages, plad_core.cli; "
+            "assert not any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules), 'prefect imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

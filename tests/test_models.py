@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from plad_core.models import ModelError, load_model, model_fingerprint, resolve_model_path, save_model, slice_layers
+from tiny import CACHE, make_tiny_model
+
+
+def test_slice_keeps_chosen_layers_and_runs(tmp_path):
+    model, tokenizer = load_model(str(make_tiny_model(tmp_path / "m", layers=4)), tmp_path)
+    kept = [model.model.layers[i].mlp.up_proj.weight.clone() for i in (0, 3)]
+    slice_layers(model, [0, 3])
+    assert model.config.num_hidden_layers == 2
+    assert [layer.self_attn.layer_idx for layer in model.model.layers] == [0, 1]
+    assert all(torch.equal(a, layer.mlp.up_proj.weight) for a, layer in zip(kept, model.model.layers))
+    save_model(model, tokenizer, tmp_path / "sliced")
+    reloaded, _ = load_model(str(tmp_path / "sliced"), tmp_path)
+    ids = tokenizer("hello world", return_tensors="pt")
+    assert reloaded.generate(**ids, max_new_tokens=3, do_sample=False).shape[1] == ids["input_ids"].shape[1] + 3
+
+
+@pytest.mark.parametrize("keep", [[0, 4], [2, 1], [1, 1]])
+def test_bad_layer_lists_are_rejected(tmp_path, keep):
+    model, _ = load_model(str(make_tiny_model(tmp_path / "m", layers=4)), tmp_path)
+    with pytest.raises(ModelError, match="keep_layers"):
+        slice_layers(model, keep)
+
+
+def test_local_folder_fingerprint_changes_with_the_weights(tmp_path):
+    folder = make_tiny_model(tmp_path / "m", seed=0)
+    before = model_fingerprint(str(folder))
+    make_tiny_model(folder, seed=0, hidden=32)
+    assert model_fingerprint(str(folder)) != before
+    assert model_fingerprint("org/model", "abc") == {"spec": "org/model", "revision": "abc"}
+
+
+def test_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="cannot load model"):
+        load_model(str(tmp_path / "nowhere"), tmp_path)
+
+
+@pytest.mark.slow
+def test_embedded_teacher_is_real_smollm2():
+    model, tokenizer = load_model("embedded:smollm2-135m-instruct", CACHE)
+    assert model.config.num_hidden_layers == 30 and len(tokenizer) == 49152
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    text = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"
+    ids = tokenizer(text, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=2, do_sample=False)
+    assert "Rome" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
+    assert (CACHE / "models").is_dir() and resolve_model_path("embedded:smollm2-135m-instruct", CACHE).startswith(str(CACHE))

@@ -1,0 +1,54 @@
+import pyarrow.parquet as pq
+import torch
+
+from plad_core.models import load_model
+from plad_core.sampling.hf import Generation, generate
+from plad_core.sampling.shards import sample_sharded, shard_seed
+from tiny import make_tiny_model
+
+META = {"backend": "hf", "model": "m", "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 8}
+
+
+def fake_generate(calls):
+    def gen(prompts, seed):
+        calls.append((tuple(prompts), seed))
+        return [Generation(i, 0, f"{p}->{seed}", 3, 2, "stop") for i, p in enumerate(prompts)]
+    return gen
+
+
+def test_shards_resume_without_redoing_or_duplicating(tmp_path):
+    ids = [f"id{i}" for i in range(7)]
+    prompts = [f"p{i}" for i in range(7)]
+    work = tmp_path / "work"
+    work.mkdir()
+    calls = []
+    sample_sharded(ids, prompts, fake_generate(calls), META, 5, 3, work, tmp_path / "full.parquet")
+    uninterrupted = pq.read_table(tmp_path / "full.parquet").to_pylist()
+    assert len(calls) == 3 and [c[1] for c in calls] == [shard_seed(5, s) for s in range(3)]
+
+    # a run killed after its first shard: only shard 0 is on disk
+    resumed_work = tmp_path / "resumed"
+    resumed_work.mkdir()
+    (resumed_work / "shard-00000.parquet").write_bytes((work / "shard-00000.parquet").read_bytes())
+    calls2 = []
+    stats = sample_sharded(ids, prompts, fake_generate(calls2), META, 5, 3, resumed_work, tmp_path / "resumed.parquet")
+    assert [c[0] for c in calls2] == [("p3", "p4", "p5"), ("p6",)]
+    assert stats["resumed_shards"] == 1 and stats["rows"] == 7
+    assert pq.read_table(tmp_path / "resumed.parquet").to_pylist() == uninterrupted
+    assert [r["id"] for r in uninterrupted] == ids
+
+
+def test_hf_generate_is_seeded_and_returns_input_order(tmp_path):
+    model, tokenizer = load_model(str(make_tiny_model(tmp_path / "m")), tmp_path)
+    prompts = ["TL;DR: a much longer prompt than the others, with words", "short", "medium length prompt"]
+    kwargs = dict(n=2, temperature=1.0, top_p=1.0, max_new_tokens=6, batch_size=2, seed=3)
+    first, second = generate(model, tokenizer, prompts, **kwargs), generate(model, tokenizer, prompts, **kwargs)
+    assert [(g.prompt_index, g.sample_index) for g in first] == [(i, j) for i in range(3) for j in range(2)]
+    assert [g.text for g in first] == [g.text for g in second]
+    assert [g.prompt_tokens for g in first[::2]] == [len(tokenizer(p)["input_ids"]) for p in prompts]
+    assert all(g.finish_reason in ("stop", "length") for g in first)
+    greedy = generate(model, tokenizer, prompts[:1], temperature=0.0, max_new_tokens=6)
+    with torch.inference_mode():
+        ids = tokenizer(prompts[0], return_tensors="pt")
+        reference = model.generate(**ids, max_new_tokens=6, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    assert greedy[0].text == tokenizer.decode(reference, skip_special_tokens=True).strip()
