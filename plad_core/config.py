@@ -55,6 +55,7 @@ class SamplingConfig:
     shard_size: int = 64
     seed: int = 0
     stop: list[str] = field(default_factory=lambda: ["\n"])
+    dtype: str = "bfloat16"
 
 
 @dataclass
@@ -115,6 +116,8 @@ class PairsConfig:
 class TrainConfig:
     loss: str = "ranking"
     beta: float = 1.0
+    gamma: float = 0.5
+    nll_weight: float = 0.0
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
@@ -124,6 +127,7 @@ class EvalConfig:
     batch_size: int = 16
     stop: list[str] = field(default_factory=lambda: ["\n"])
     rouge_stemmer: bool = True
+    dtype: str = "bfloat16"
     systems: list[str] = field(default_factory=lambda: ["teacher", "sft", "plad"])
 
 

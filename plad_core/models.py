@@ -130,6 +130,16 @@ def slice_layers(model: PreTrainedModel, keep: Sequence[int]) -> PreTrainedModel
     return model
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cast(model: PreTrainedModel, dtype: str) -> PreTrainedModel:
+    """The model in ``dtype`` (float32, bfloat16 or float16), for inference."""
+    if dtype not in DTYPES:
+        raise ModelError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}")
+    return model.to(DTYPES[dtype])
+
+
 def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from omegaconf import DictConfig
 
 from plad_core import data as data_lib
@@ -23,6 +24,7 @@ from plad_core import evaluate as eval_lib
 from plad_core import models, train
 from plad_core.artifacts import Artifact, ArtifactStore, sha256_file
 from plad_core.config import config_slice
+from plad_core.losses import rouge_l_scores
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs
 from plad_core.sampling import hf
 from plad_core.sampling.shards import sample_sharded
@@ -178,11 +180,12 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
     return _materialize(store, "sft_student", config, [data, init], build, force)
 
 
-def _sample(cfg: DictConfig, side: DictConfig, model: Any, tokenizer: Any, model_name: str, data: Artifact,
+def _sample(side: DictConfig, model: Any, tokenizer: Any, model_name: str, data: Artifact,
             out: Path, work: Path) -> dict[str, Any]:
     rows = _rows(data, "unlabeled")
     prompts, truncated = _prompts(rows, data, side.prompt, tokenizer)
     sp = side.sampling
+    models.cast(model, sp.dtype)
 
     def generate(batch_prompts: list[str], seed: int) -> list[hf.Generation]:
         return hf.generate(model, tokenizer, batch_prompts, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
@@ -202,7 +205,7 @@ def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, fo
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         model, tokenizer = _load_teacher(cfg)
-        return _sample(cfg, cfg.teacher, model, tokenizer, cfg.teacher.model, data, out, work)
+        return _sample(cfg.teacher, model, tokenizer, cfg.teacher.model, data, out, work)
 
     return _materialize(store, "sample_teacher", config, [data], build, force)
 
@@ -214,7 +217,7 @@ def run_sample_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, sf
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         model, tokenizer = _load_artifact_model(sft, cfg)
-        return _sample(cfg, cfg.student, model, tokenizer, f"sft_student:{sft.key}", data, out, work)
+        return _sample(cfg.student, model, tokenizer, f"sft_student:{sft.key}", data, out, work)
 
     return _materialize(store, "sample_student", config, [data, sft], build, force)
 
@@ -237,10 +240,11 @@ def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teach
 
 def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,
                   force: bool = False) -> Artifact:
-    """PLaD calibration of the SFT student on the pairs with the ranking loss."""
+    """PLaD calibration of the SFT student on the pairs (``train.loss``: ranking, margin, simpo, cpo_hinge)."""
     config = config_slice(cfg, ["train"])
-    if cfg.train.loss != "ranking":
-        raise ValueError(f"train.loss='{cfg.train.loss}' is not implemented; available: ranking")
+    if cfg.train.loss not in train.PAIR_LOSSES:
+        raise ValueError(f"train.loss='{cfg.train.loss}' is not available; choose one of "
+                         f"{sorted(train.PAIR_LOSSES)} (dpo, ipo and dpkd need reference log-probs, not wired yet)")
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         student, tokenizer = _load_artifact_model(sft, cfg)
@@ -248,17 +252,24 @@ def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: A
         if frame.empty:
             raise ValueError(f"{pairs.file('pairs.parquet')}: no pairs to train on")
         o = cfg.train.optim
-        items = [(train.encode(tokenizer, p, c, o.max_seq_len), train.encode(tokenizer, p, r, o.max_seq_len))
-                 for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"])]
+        chosen_score, rejected_score = rouge_l_scores(list(frame["chosen"]), list(frame["rejected"]),
+                                                      list(frame["reference"]))
+        items = [(train.encode(tokenizer, p, c, o.max_seq_len), train.encode(tokenizer, p, r, o.max_seq_len), i)
+                 for i, (p, c, r) in enumerate(zip(frame["prompt"], frame["chosen"], frame["rejected"]))]
         grouped = train.length_grouped_batches(items, lambda it: max(len(it[0].ids), len(it[1].ids)),
                                                o.batch_size, o.seed)
-        batches = [train.collate([c for c, _ in b] + [r for _, r in b], tokenizer.pad_token_id) for b in grouped]
-        history = train.train_loop(student, batches, train.ranking_step(student, cfg.train.beta),
-                                   **_optim_kwargs(o), desc="calibrate (PLaD ranking)")
+        batches = []
+        for group in grouped:
+            rows = torch.tensor([i for _, _, i in group])
+            batch = train.collate([c for c, _, _ in group] + [r for _, r, _ in group], tokenizer.pad_token_id)
+            batches.append({**batch, "chosen_score": chosen_score[rows], "rejected_score": rejected_score[rows]})
+        step = train.calibration_step(student, cfg.train.loss, cfg.train.beta, cfg.train.gamma, cfg.train.nll_weight)
+        history = train.train_loop(student, batches, step, **_optim_kwargs(o), desc=f"calibrate ({cfg.train.loss})")
         models.save_model(student, tokenizer, out / MODEL_DIR)
         _write_log(history, out / "train_log.parquet")
         return {"pairs": len(frame), "steps": len(history), "final_loss": history[-1]["loss"],
-                "first_pair_accuracy": history[0]["pair_accuracy"], "last_pair_accuracy": history[-1]["pair_accuracy"]}
+                "first_pair_accuracy": history[0]["pair_accuracy"], "last_pair_accuracy": history[-1]["pair_accuracy"],
+                "mean_score_gap": float((chosen_score - rejected_score).mean())}
 
     return _materialize(store, "calibrate", config, [pairs, sft], build, force)
 
@@ -283,6 +294,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
         for system in systems:
             load, prompt_cfg = loaders[system]
             model, tokenizer = load()
+            models.cast(model, cfg.eval.dtype)
             prompts, _ = _prompts(dev, data, prompt_cfg, tokenizer)
             gens = hf.generate(model, tokenizer, prompts, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens,
                                batch_size=cfg.eval.batch_size, stop=list(cfg.eval.stop), desc=f"evaluate {system}")

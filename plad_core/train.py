@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from plad_core.losses import forward_kl_distillation_loss, ranking_calibration_loss
+from plad_core.losses import (cpo_hinge_loss, forward_kl_distillation_loss, margin_calibration_loss, nll_regularizer,
+                              ranking_calibration_loss, simpo_loss)
 
 
 @dataclass
@@ -134,16 +135,32 @@ def sft_step(model: PreTrainedModel) -> StepFn:
     return step
 
 
-def ranking_step(model: PreTrainedModel, beta: float) -> StepFn:
-    """PLaD ranking calibration on a pair batch: chosen and rejected in one concatenated forward."""
+# Pair losses that need only the student: (avg_logp, sum_logp, batch, beta, gamma) -> loss, chosen first half.
+PAIR_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
+    "ranking": lambda avg, total, batch, beta, gamma: ranking_calibration_loss(*avg, beta),
+    "margin": lambda avg, total, batch, beta, gamma: margin_calibration_loss(
+        *avg, batch["chosen_score"], batch["rejected_score"], beta),
+    "simpo": lambda avg, total, batch, beta, gamma: simpo_loss(*avg, beta, gamma),
+    "cpo_hinge": lambda avg, total, batch, beta, gamma: cpo_hinge_loss(*total, beta),
+}
+
+
+def calibration_step(model: PreTrainedModel, loss: str, beta: float, gamma: float = 0.0,
+                     nll_weight: float = 0.0) -> StepFn:
+    """One PLaD calibration step on a pair batch (chosen rows first, then rejected, one forward pass):
+    the pair loss ``loss`` on the student's log-likelihoods, plus ``nll_weight`` x NLL(chosen)."""
+    pair_loss = PAIR_LOSSES[loss]
+
     def step(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         total, count = sequence_logprobs(model, batch)
+        half = total.shape[0] // 2
         mean_logp = total / count.clamp(min=1)
-        half = mean_logp.shape[0] // 2
         chosen, rejected = mean_logp[:half], mean_logp[half:]
-        loss = ranking_calibration_loss(chosen, rejected, beta)
+        value = pair_loss((chosen, rejected), (total[:half], total[half:]), batch, beta, gamma)
+        if nll_weight:
+            value = value + nll_weight * nll_regularizer(total[:half], count[:half])
         margin = (chosen - rejected).detach()
-        return loss, {"pair_accuracy": float((margin > 0).float().mean()), "margin": float(margin.mean())}
+        return value, {"pair_accuracy": float((margin > 0).float().mean()), "margin": float(margin.mean())}
     return step
 
 

@@ -104,6 +104,8 @@ def test_a_config_change_rebuilds_that_stage_and_downstream_only(first_run, tiny
 
     beta = keys_with(["train.beta=0.5"])
     assert [s for s in STAGES if beta[s] != keys[s]] == ["calibrate", "evaluate"]
+    margin = keys_with(["train.loss=margin", "train.nll_weight=0.1"])
+    assert [s for s in STAGES if margin[s] != keys[s]] == ["calibrate", "evaluate"]
     sft = keys_with(["sft.lr=0.001"])
     assert [s for s in STAGES if sft[s] != keys[s]] == ["sft_student", "sample_student", "build_pairs",
                                                        "calibrate", "evaluate"]

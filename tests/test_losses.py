@@ -47,3 +47,22 @@ def test_sequence_logprobs_score_only_completion_tokens(tmp_path):
         assert count[row] == len(item.ids) - item.n_prompt
         assert torch.isclose(total[row], reference, atol=1e-4)
     assert items[0].ids[-1] == tokenizer.eos_token_id
+
+
+def test_calibration_step_combines_pair_loss_and_nll(tmp_path):
+    from plad_core.losses import margin_calibration_loss, nll_regularizer
+    from plad_core.train import calibration_step
+    model, tokenizer = load_model(str(make_tiny_model(tmp_path / "m")), tmp_path)
+    prompts = ["POST: a cat\nTL;DR:", "POST: a dog sat\nTL;DR:"]
+    chosen = [encode(tokenizer, p, c, 64) for p, c in zip(prompts, ["cat", "dog on mat"])]
+    rejected = [encode(tokenizer, p, r, 64) for p, r in zip(prompts, ["a long unrelated answer", "dog"])]
+    batch = collate(chosen + rejected, tokenizer.pad_token_id)
+    batch |= {"chosen_score": torch.tensor([1.0, 0.5]), "rejected_score": torch.tensor([0.2, 0.4])}
+    with torch.no_grad():
+        loss, metrics = calibration_step(model, "margin", beta=2.0, nll_weight=0.3)(batch)
+        total, count = sequence_logprobs(model, batch)
+    avg = total / count
+    expected = (margin_calibration_loss(avg[:2], avg[2:], batch["chosen_score"], batch["rejected_score"], 2.0)
+                + 0.3 * nll_regularizer(total[:2], count[:2]))
+    assert torch.isclose(loss, expected, atol=1e-5)
+    assert metrics["pair_accuracy"] == float(((avg[:2] - avg[2:]) > 0).float().mean())
