@@ -6,13 +6,14 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import set_threads
 from plad_core.stages import RUNNERS
-from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, sample_student, sample_teacher,
-                   sft_student)
+from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, promote, sample_student,
+                   sample_teacher, sft_student)
 
 
 @flow(name="distill", log_prints=True)
@@ -41,10 +42,12 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
     pairs = build_pairs(cfg, store, data, teacher_samples, student_samples, force="build_pairs" in rebuild)
     calibrated = calibrate(cfg, store, pairs, sft, force="calibrate" in rebuild)
     results = evaluate(cfg, store, data, sft, calibrated, force="evaluate" in rebuild)
+    decision = promote(cfg, store, data, calibrated, results, str(flow_run.id)) if cfg.promotion.enabled else None
 
     table = results.file("results.md").read_text()
     create_markdown_artifact(key="distill-results", markdown=table, description=f"config {cfg.name}")
     get_run_logger().info("results (%s):\n%s", results.path, table)
     artifacts = {a.stage: str(a.path) for a in (data, init, sft, teacher_samples, student_samples, pairs,
                                                  calibrated, results)}
-    return {"metrics": results.manifest["stats"]["metrics"], "artifacts": artifacts}
+    return {"config": cfg.name, "metrics": results.manifest["stats"]["metrics"], "artifacts": artifacts,
+            "promotion": decision}

@@ -13,6 +13,8 @@ crash never leaves a finished-looking artifact. Sharded stages keep partial prog
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -120,10 +122,25 @@ class ArtifactStore:
         (row counts and the like) recorded in the manifest.
         """
         key = artifact_key(stage, version, config, upstream)
-        if not force and (found := self.get(stage, key)) is not None:
-            log.info("%s: reusing %s", stage, found.path)
-            return found
         (self.root / stage).mkdir(parents=True, exist_ok=True)
+        with self._lock(stage, key):
+            if not force and (found := self.get(stage, key)) is not None:
+                log.info("%s: reusing %s", stage, found.path)
+                return found
+            return self._build(stage, key, version, config, upstream, build)
+
+    @contextlib.contextmanager
+    def _lock(self, stage: str, key: str):
+        """One writer per artifact key across processes: a second run waits, then reuses the result."""
+        with open(self.root / stage / f".lock-{key}", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _build(self, stage: str, key: str, version: int, config: dict[str, Any], upstream: dict[str, str],
+               build: Builder) -> Artifact:
         tmp = self.root / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
         work = self.work_dir(stage, key)
@@ -149,6 +166,18 @@ class ArtifactStore:
         shutil.rmtree(work, ignore_errors=True)
         log.info("%s: committed %s in %.1fs", stage, final, manifest["seconds"])
         return Artifact(stage, key, final, manifest)
+
+    def find(self, stage: str, config: dict[str, Any], upstream: dict[str, str]) -> list[Artifact]:
+        """Committed, intact artifacts of ``stage`` built from this config and these upstream keys
+        (upstreams not named may differ): earlier results a new build can reuse row by row."""
+        found = []
+        for manifest_path in sorted((self.root / stage).glob("*/" + MANIFEST)):
+            manifest = json.loads(manifest_path.read_text())
+            same_upstream = all(manifest["upstream"].get(k) == v for k, v in upstream.items())
+            if manifest["config"] == json.loads(json.dumps(config, default=str)) and same_upstream:
+                if (artifact := self.get(stage, manifest["key"])) is not None:
+                    found.append(artifact)
+        return found
 
     def latest(self, stage: str) -> Optional[Artifact]:
         """The most recently committed artifact of a stage (for inspection commands)."""

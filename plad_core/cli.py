@@ -4,6 +4,7 @@
     plad stage NAME [--config NAME] [--force] [key=value ...]       one stage, plain Python
     plad config show [--config NAME] [key=value ...]                 the merged config as YAML
     plad pairs show [PATH|latest] [-n 5] [--config NAME]             pairs, readably
+    plad history [--config NAME]                                     champion/challenger decisions
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from plad_core.artifacts import ArtifactStore
 from plad_core.config import ConfigError, load_config
 from plad_core.data import DataError
 from plad_core.models import ModelError, set_threads
+from plad_core.registry import Registry
 from plad_core.stages import RUNNERS, run_stage
 
 
@@ -35,10 +37,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "plad")
     distill = importlib.import_module("flows.distill").distill  # Prefect is imported only by this command
     result = distill(config=args.config, overrides=args.overrides, force=args.force)
-    cfg = load_config(args.config, args.overrides)
     evaluate = Path(result["artifacts"]["evaluate"])
-    print(f"\nResults ({cfg.name}, dev split):\n")
+    print(f"\nResults ({result['config']}, dev split):\n")
     print((evaluate / "results.md").read_text())
+    if result["promotion"]:
+        decision = result["promotion"]
+        verdict = "new champion" if decision["promoted"] else "champion kept"
+        print(f"Promotion: {verdict} ({decision['reason']}); see `plad history --config {args.config}`")
     print(f"Pairs:   {Path(result['artifacts']['build_pairs']) / 'pairs.parquet'}")
     print(f"Report:  {evaluate / 'results.md'}")
 
@@ -81,6 +86,20 @@ def cmd_pairs_show(args: argparse.Namespace) -> None:
         print()
 
 
+def cmd_history(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.overrides)
+    path = Path(cfg.promotion.registry) if cfg.promotion.registry else Path(cfg.artifacts_root) / "registry.sqlite"
+    if not path.is_file():
+        raise SystemExit(f"no registry at {path} yet: it is written after the first `plad run`")
+    frame = Registry(path).history()
+    frame["recorded_at"] = pd.to_datetime(frame["recorded_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M")
+    frame["promoted"] = frame["promoted"].map({1: "yes", 0: "no"})
+    columns = ["id", "recorded_at", "config", "run_id", "metric", "challenger_score", "champion_score", "promoted",
+               "reason", "calibrate_key"]
+    with pd.option_context("display.max_colwidth", 80, "display.width", 250):
+        print(frame[columns].to_string(index=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="plad", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,11 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     pshow.add_argument("--config", default="tldr", help="config whose artifacts_root holds 'latest'")
     pshow.add_argument("--prompt-chars", type=int, default=200, help="characters of prompt to show (its end)")
     pshow.set_defaults(func=cmd_pairs_show)
+
+    history = commands.add_parser("history", help="champion/challenger decisions from the registry")
+    _add_config_args(history)
+    history.set_defaults(func=cmd_history)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -29,6 +29,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
+    task: str = "tldr"
     path: str = "../shared/data/tldr/validation.jsonl"
     format: str = "auto"
     n_labeled: int = 256
@@ -132,6 +133,15 @@ class EvalConfig:
 
 
 @dataclass
+class PromotionConfig:
+    enabled: bool = True
+    metric: str = "rougeL"
+    registry: Optional[str] = None
+    n_resamples: int = 1000
+    seed: int = 0
+
+
+@dataclass
 class PladConfig:
     name: str = "base"
     artifacts_root: str = "data/artifacts"
@@ -144,6 +154,7 @@ class PladConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
 
 
 def _valid_keys(schema_cls: Any, dotted: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""TL;DR rows: loading with precise errors, a deterministic split by id, and prompt rendering."""
+"""Task rows (TL;DR posts, HH dialogues): loading with precise errors, a deterministic split by id,
+and prompt rendering."""
 
 from __future__ import annotations
 
@@ -14,17 +15,41 @@ import pyarrow as pa
 
 log = logging.getLogger("plad.data")
 
-TLDR_FIELDS = ("id", "subreddit", "title", "post", "summary")
 SPLITS = ("labeled", "unlabeled", "dev")
 
-ROWS_SCHEMA = pa.schema([
-    pa.field("id", pa.string(), nullable=False),
-    pa.field("subreddit", pa.string()),
-    pa.field("title", pa.string()),
-    pa.field("post", pa.string()),
-    pa.field("summary", pa.string()),
-    pa.field("split", pa.string(), nullable=False),
-])
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task's input rows look like.
+
+    ``fields`` are required strings (prompt templates may use any of them); ``reference`` holds the
+    human output (SFT target, ROUGE reference); ``body`` is the long field cut to fit the prompt
+    budget, from the end (``keep="start"``, a post) or from the start (``keep="end"``, a dialogue
+    whose last turn must survive).
+    """
+    fields: tuple[str, ...]
+    reference: str
+    body: str
+    keep: str
+
+
+TASKS = {
+    "tldr": TaskSpec(("id", "subreddit", "title", "post", "summary"), reference="summary", body="post", keep="start"),
+    "hh": TaskSpec(("id", "prompt", "chosen"), reference="chosen", body="prompt", keep="end"),
+}
+
+
+def task_spec(task: str) -> TaskSpec:
+    if task not in TASKS:
+        raise DataError(f"data.task='{task}' is unknown; tasks: {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def rows_schema(task: str) -> pa.Schema:
+    """Prepared rows: the task's fields, ``reference`` (the human output) and ``split``."""
+    fields = [pa.field(name, pa.string(), nullable=False) for name in task_spec(task).fields]
+    return pa.schema([*fields, pa.field("reference", pa.string(), nullable=False),
+                      pa.field("split", pa.string(), nullable=False)])
 
 
 class DataError(ValueError):
@@ -37,15 +62,15 @@ class LoadedRows:
     dropped_empty: int
 
 
-def _check_row(row: Any, source: str, line: int) -> dict[str, Any]:
+def _check_row(row: Any, spec: TaskSpec, source: str, line: int) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise DataError(f"{source}:{line}: expected a JSON object, got {type(row).__name__}")
-    for name in TLDR_FIELDS:
+    for name in spec.fields:
         if name not in row or row[name] is None:
             raise DataError(f"{source}:{line}: missing field '{name}'")
         if not isinstance(row[name], str):
             raise DataError(f"{source}:{line}: field '{name}' must be a string, got {type(row[name]).__name__}")
-    return {name: row[name] for name in TLDR_FIELDS}
+    return {name: row[name] for name in spec.fields} | {"reference": row[spec.reference].strip()}
 
 
 def _read_records(path: str, fmt: str) -> list[tuple[int, Any]]:
@@ -75,21 +100,23 @@ def _read_records(path: str, fmt: str) -> list[tuple[int, Any]]:
     return records
 
 
-def load_rows(path: str, fmt: str = "auto") -> LoadedRows:
-    """Validated TL;DR rows from a JSONL or Parquet file (local path or fsspec URL such as
-    ``hf://datasets/<owner>/<name>/<file>``). Rows with an empty post are dropped and counted."""
+def load_rows(path: str, fmt: str = "auto", task: str = "tldr") -> LoadedRows:
+    """Validated rows of ``task`` from a JSONL or Parquet file (local path or fsspec URL such as
+    ``hf://datasets/<owner>/<name>/<file>``). Rows whose body (post, dialogue) or reference is empty
+    are dropped and counted."""
+    spec = task_spec(task)
     rows, dropped, seen = [], 0, {}
     for line, record in _read_records(path, fmt):
-        row = _check_row(record, path, line)
+        row = _check_row(record, spec, path, line)
         if row["id"] in seen:
             raise DataError(f"{path}:{line}: field 'id' repeats '{row['id']}' first seen on line {seen[row['id']]}")
         seen[row["id"]] = line
-        if not row["post"].strip():
+        if not row[spec.body].strip() or not row["reference"]:
             dropped += 1
             continue
         rows.append(row)
     if dropped:
-        log.warning("%s: dropped %d rows with an empty post", path, dropped)
+        log.warning("%s: dropped %d rows with an empty %s or %s", path, dropped, spec.body, spec.reference)
     return LoadedRows(rows, dropped)
 
 
@@ -97,7 +124,7 @@ def split_rank(row_id: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}:{row_id}".encode()).hexdigest()
 
 
-def split_rows(rows: Sequence[dict[str, Any]], sizes: dict[str, int], salt: str) -> pd.DataFrame:
+def split_rows(rows: Sequence[dict[str, Any]], sizes: dict[str, int], salt: str, task: str = "tldr") -> pd.DataFrame:
     """Assign rows to labeled / unlabeled / dev by the hash of their id.
 
     Ordering by hash makes each row's split depend only on its id, the salt and the sizes, never on
@@ -112,26 +139,26 @@ def split_rows(rows: Sequence[dict[str, Any]], sizes: dict[str, int], salt: str)
         for row in ordered[start:start + sizes[name]]:
             out.append({**row, "split": name})
         start += sizes[name]
-    return pd.DataFrame(out, columns=[f.name for f in ROWS_SCHEMA])
+    return pd.DataFrame(out, columns=rows_schema(task).names)
 
 
-def fewshot_examples(labeled: pd.DataFrame, k: int) -> list[dict[str, Any]]:
-    """The k labeled rows with the shortest posts: worked examples that cost the fewest prompt tokens."""
+def fewshot_examples(labeled: pd.DataFrame, k: int, body: str) -> list[dict[str, Any]]:
+    """The k labeled rows with the shortest ``body``: worked examples that cost the fewest prompt tokens."""
     if k <= 0:
         return []
-    chosen = labeled.assign(_len=labeled["post"].str.len()).sort_values(["_len", "id"]).head(k)
+    chosen = labeled.assign(_len=labeled[body].str.len()).sort_values(["_len", "id"]).head(k)
     return chosen.drop(columns="_len").to_dict("records")
 
 
 def render_prompt(row: dict[str, Any], template: str, examples: Sequence[dict[str, Any]], separator: str) -> str:
-    """Fill ``template`` for ``row``; each worked example is its filled template plus ' ' + summary."""
-    shots = [template.format(**ex) + " " + ex["summary"].strip() for ex in examples]
+    """Fill ``template`` for ``row``; each worked example is its filled template plus ' ' + reference."""
+    shots = [template.format(**ex) + " " + ex["reference"] for ex in examples]
     return separator.join([*shots, template.format(**row)])
 
 
 def build_prompts(rows: pd.DataFrame, tokenizer: Any, template: str, examples: Sequence[dict[str, Any]],
-                  separator: str, max_prompt_tokens: int) -> tuple[list[str], int]:
-    """Rendered prompts, the post truncated by tokens so the prompt fits ``max_prompt_tokens``.
+                  separator: str, max_prompt_tokens: int, spec: TaskSpec = TASKS["tldr"]) -> tuple[list[str], int]:
+    """Rendered prompts, the body truncated by tokens so the prompt fits ``max_prompt_tokens``.
 
     Returns the prompts and the number of rows whose post had to be truncated.
     """
@@ -142,13 +169,13 @@ def build_prompts(rows: pd.DataFrame, tokenizer: Any, template: str, examples: S
         excess = count(prompt) - max_prompt_tokens
         if excess > 0:
             truncated += 1
-            post_ids = tokenizer(row["post"], add_special_tokens=False)["input_ids"]
+            body_ids = tokenizer(row[spec.body], add_special_tokens=False)["input_ids"]
         while excess > 0:  # re-tokenising the decoded cut can shift a token, hence the loop
-            if len(post_ids) <= excess:
-                raise DataError(f"row {row['id']}: field 'post' cannot be truncated enough: the template and "
-                                f"examples alone exceed prompt.max_tokens={max_prompt_tokens}")
-            post_ids = post_ids[:len(post_ids) - excess]
-            prompt = render_prompt({**row, "post": tokenizer.decode(post_ids)}, template, examples, separator)
+            if len(body_ids) <= excess:
+                raise DataError(f"row {row['id']}: field '{spec.body}' cannot be truncated enough: the template "
+                                f"and examples alone exceed prompt.max_tokens={max_prompt_tokens}")
+            body_ids = body_ids[:len(body_ids) - excess] if spec.keep == "start" else body_ids[excess:]
+            prompt = render_prompt({**row, spec.body: tokenizer.decode(body_ids)}, template, examples, separator)
             excess = count(prompt) - max_prompt_tokens
         prompts.append(prompt)
     return prompts, truncated

@@ -26,6 +26,7 @@ from plad_core.artifacts import Artifact, ArtifactStore, sha256_file
 from plad_core.config import config_slice
 from plad_core.losses import rouge_l_scores
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs
+from plad_core.registry import Registry, promotion_decision
 from plad_core.sampling import hf
 from plad_core.sampling.shards import sample_sharded
 
@@ -46,7 +47,7 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
 VERSIONS = {name: 1 for name in DEPENDENCIES}
 
 MODEL_DIR = "model"
-DATA_SLICE = ["data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
+DATA_SLICE = ["data.task", "data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
 
 
 def _materialize(store: ArtifactStore, stage: str, config: dict[str, Any], upstream: list[Artifact],
@@ -60,9 +61,10 @@ def _rows(data: Artifact, split: str) -> pd.DataFrame:
 
 
 def _prompts(rows: pd.DataFrame, data: Artifact, prompt_cfg: DictConfig, tokenizer: Any) -> tuple[list[str], int]:
-    examples = data_lib.fewshot_examples(_rows(data, "labeled"), prompt_cfg.fewshot_k)
+    spec = data_lib.task_spec(data.manifest["config"]["data.task"])
+    examples = data_lib.fewshot_examples(_rows(data, "labeled"), prompt_cfg.fewshot_k, spec.body)
     return data_lib.build_prompts(rows, tokenizer, prompt_cfg.template, examples, prompt_cfg.fewshot_separator,
-                                  prompt_cfg.max_tokens)
+                                  prompt_cfg.max_tokens, spec)
 
 
 def _teacher_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -83,16 +85,16 @@ def _write_log(history: list[dict[str, float]], path: Path) -> None:
 
 
 def run_prepare_data(cfg: DictConfig, store: ArtifactStore, force: bool = False) -> Artifact:
-    """Load, validate and split the rows into labeled / unlabeled / dev (``rows.parquet``)."""
+    """Load, validate and split the task's rows into labeled / unlabeled / dev (``rows.parquet``)."""
     path = cfg.data.path
     fingerprint = sha256_file(Path(path)) if Path(path).is_file() else path
     config = {**config_slice(cfg, DATA_SLICE), "content_sha256": fingerprint}
 
     def build(out: Path, work: Path) -> dict[str, Any]:
-        loaded = data_lib.load_rows(path, cfg.data.format)
+        loaded = data_lib.load_rows(path, cfg.data.format, cfg.data.task)
         sizes = {"labeled": cfg.data.n_labeled, "unlabeled": cfg.data.n_unlabeled, "dev": cfg.data.n_dev}
-        frame = data_lib.split_rows(loaded.rows, sizes, cfg.data.split_salt)
-        pq.write_table(pa.Table.from_pandas(frame, schema=data_lib.ROWS_SCHEMA, preserve_index=False),
+        frame = data_lib.split_rows(loaded.rows, sizes, cfg.data.split_salt, cfg.data.task)
+        pq.write_table(pa.Table.from_pandas(frame, schema=data_lib.rows_schema(cfg.data.task), preserve_index=False),
                        out / "rows.parquet")
         return {"rows": frame["split"].value_counts().to_dict(), "source_rows": len(loaded.rows),
                 "dropped_empty": loaded.dropped_empty}
@@ -101,9 +103,9 @@ def run_prepare_data(cfg: DictConfig, store: ArtifactStore, force: bool = False)
 
 
 def _heal_texts(data: Artifact, cfg: DictConfig) -> list[str]:
-    """Text the sliced student is healed on: labeled prompts with their summaries, unlabeled prompts."""
+    """Text the sliced student is healed on: labeled prompts with their references, unlabeled prompts."""
     template = cfg.student.prompt.template
-    labeled = [data_lib.render_prompt(r, template, [], "") + " " + r["summary"]
+    labeled = [data_lib.render_prompt(r, template, [], "") + " " + r["reference"]
                for r in _rows(data, "labeled").to_dict("records")]
     unlabeled = [data_lib.render_prompt(r, template, [], "") for r in _rows(data, "unlabeled").to_dict("records")]
     return labeled + unlabeled
@@ -130,7 +132,7 @@ def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, forc
         models.slice_layers(student, list(s.keep_layers))
         heal = s.heal
         texts = _heal_texts(data, cfg)
-        held_out = [data_lib.render_prompt(r, s.prompt.template, [], "") + " " + r["summary"]
+        held_out = [data_lib.render_prompt(r, s.prompt.template, [], "") + " " + r["reference"]
                     for r in _rows(data, "dev").head(16).to_dict("records")]
         before = train.perplexity(student, tokenizer, held_out, heal.seq_len)
         items = [train.encode(tokenizer, t, None, heal.seq_len) for t in texts]
@@ -160,14 +162,14 @@ def _optim_kwargs(optim: DictConfig) -> dict[str, Any]:
 
 def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init: Artifact,
                     force: bool = False) -> Artifact:
-    """Supervised fine-tuning on the labeled split; loss on the summary tokens only."""
+    """Supervised fine-tuning on the labeled split; loss on the reference (output) tokens only."""
     config = config_slice(cfg, ["sft", "student.prompt"])
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         student, tokenizer = _load_artifact_model(init, cfg)
         labeled = _rows(data, "labeled")
         prompts, truncated = _prompts(labeled, data, cfg.student.prompt, tokenizer)
-        items = [train.encode(tokenizer, p, s, cfg.sft.max_seq_len) for p, s in zip(prompts, labeled["summary"])]
+        items = [train.encode(tokenizer, p, s, cfg.sft.max_seq_len) for p, s in zip(prompts, labeled["reference"])]
         batches = [train.collate(b, tokenizer.pad_token_id) for b in
                    train.length_grouped_batches(items, lambda e: len(e.ids), cfg.sft.batch_size, cfg.sft.seed)]
         history = train.train_loop(student, batches, train.sft_step(student), **_optim_kwargs(cfg.sft),
@@ -180,7 +182,7 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
     return _materialize(store, "sft_student", config, [data, init], build, force)
 
 
-def _sample(side: DictConfig, model: Any, tokenizer: Any, model_name: str, data: Artifact,
+def _sample(side: DictConfig, model: Any, tokenizer: Any, model_name: str, data: Artifact, earlier: list[Artifact],
             out: Path, work: Path) -> dict[str, Any]:
     rows = _rows(data, "unlabeled")
     prompts, truncated = _prompts(rows, data, side.prompt, tokenizer)
@@ -194,8 +196,9 @@ def _sample(side: DictConfig, model: Any, tokenizer: Any, model_name: str, data:
 
     meta = {"backend": "hf", "model": model_name, "temperature": sp.temperature, "top_p": sp.top_p,
             "max_new_tokens": sp.max_new_tokens}
+    previous = pd.concat([pd.read_parquet(a.file("samples.parquet")) for a in earlier]) if earlier else None
     stats = sample_sharded(list(rows["id"]), prompts, generate, meta, sp.seed, sp.shard_size, work,
-                           out / "samples.parquet")
+                           out / "samples.parquet", previous)
     return {**stats, "truncated_prompts": truncated}
 
 
@@ -205,7 +208,8 @@ def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, fo
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         model, tokenizer = _load_teacher(cfg)
-        return _sample(cfg.teacher, model, tokenizer, cfg.teacher.model, data, out, work)
+        earlier = store.find("sample_teacher", config, {})
+        return _sample(cfg.teacher, model, tokenizer, cfg.teacher.model, data, earlier, out, work)
 
     return _materialize(store, "sample_teacher", config, [data], build, force)
 
@@ -217,7 +221,8 @@ def run_sample_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, sf
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         model, tokenizer = _load_artifact_model(sft, cfg)
-        return _sample(cfg.student, model, tokenizer, f"sft_student:{sft.key}", data, out, work)
+        earlier = store.find("sample_student", config, {"sft_student": sft.key})
+        return _sample(cfg.student, model, tokenizer, f"sft_student:{sft.key}", data, earlier, out, work)
 
     return _materialize(store, "sample_student", config, [data, sft], build, force)
 
@@ -231,7 +236,7 @@ def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teach
         unlabeled = _rows(data, "unlabeled")
         pairs, stats = build_pairs(pd.read_parquet(teacher_samples.file("samples.parquet")),
                                    pd.read_parquet(student_samples.file("samples.parquet")),
-                                   dict(zip(unlabeled["id"], unlabeled["summary"])), cfg.pairs.min_chars)
+                                   dict(zip(unlabeled["id"], unlabeled["reference"])), cfg.pairs.min_chars)
         pq.write_table(pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False), out / "pairs.parquet")
         return {**stats, "rows": len(pairs)}
 
@@ -274,9 +279,22 @@ def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: A
     return _materialize(store, "calibrate", config, [pairs, sft], build, force)
 
 
+def _generate_and_score(model: Any, tokenizer: Any, system: str, dev: pd.DataFrame, data: Artifact,
+                        prompt_cfg: DictConfig, cfg: DictConfig) -> pd.DataFrame:
+    """Greedy outputs of one model on the dev rows with per-row ROUGE F1: system, id, text, output_tokens, rouge*."""
+    models.cast(model, cfg.eval.dtype)
+    prompts, _ = _prompts(dev, data, prompt_cfg, tokenizer)
+    gens = hf.generate(model, tokenizer, prompts, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens,
+                       batch_size=cfg.eval.batch_size, stop=list(cfg.eval.stop), desc=f"evaluate {system}")
+    texts = [g.text for g in gens]
+    scores = eval_lib.rouge_f1(texts, list(dev["reference"]), cfg.eval.rouge_stemmer)
+    return pd.DataFrame({"system": system, "id": dev["id"], "text": texts,
+                         "output_tokens": [g.output_tokens for g in gens], **scores})
+
+
 def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact, calibrated: Artifact,
                  force: bool = False) -> Artifact:
-    """Greedy summaries of the dev split by each system; ROUGE-1/2/L F1 against the human TL;DRs."""
+    """Greedy outputs of each system on the dev split; ROUGE-1/2/L F1 against the human references."""
     systems = list(cfg.eval.systems)
     config = {**config_slice(cfg, ["eval", "student.prompt"]),
               **({"teacher": _teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
@@ -290,25 +308,50 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
         unknown = [s for s in systems if s not in loaders]
         if unknown:
             raise ValueError(f"eval.systems has unknown names {unknown}; known: {list(loaders)}")
-        metrics, frames = {}, []
+        frames = []
         for system in systems:
             load, prompt_cfg = loaders[system]
             model, tokenizer = load()
-            models.cast(model, cfg.eval.dtype)
-            prompts, _ = _prompts(dev, data, prompt_cfg, tokenizer)
-            gens = hf.generate(model, tokenizer, prompts, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens,
-                               batch_size=cfg.eval.batch_size, stop=list(cfg.eval.stop), desc=f"evaluate {system}")
-            texts = [g.text for g in gens]
-            scores = eval_lib.rouge_f1(texts, list(dev["summary"]), cfg.eval.rouge_stemmer)
-            metrics[system] = eval_lib.summarize_system(scores, [g.output_tokens for g in gens])
-            frames.append(pd.DataFrame({"system": system, "id": dev["id"], "text": texts,
-                                        "output_tokens": [g.output_tokens for g in gens], **scores}))
+            frames.append(_generate_and_score(model, tokenizer, system, dev, data, prompt_cfg, cfg))
+        metrics = {f["system"].iloc[0]: eval_lib.summarize_system(f, list(f["output_tokens"])) for f in frames}
         pd.concat(frames).to_parquet(out / "generations.parquet", index=False)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (out / "results.md").write_text(eval_lib.results_table(metrics) + "\n")
         return {"metrics": metrics, "dev_rows": len(dev)}
 
     return _materialize(store, "evaluate", config, [data, sft, calibrated], build, force)
+
+
+def run_promote(cfg: DictConfig, store: ArtifactStore, data: Artifact, calibrated: Artifact, evaluation: Artifact,
+                run_id: str | None = None) -> dict[str, Any]:
+    """Champion/challenger: the new PLaD student replaces the champion only if it beats it on the dev
+    split's ``promotion.metric`` by more than the bootstrap CI of the paired difference.
+
+    Not an artifact: it reads and appends to the registry (``plad history``). The champion is
+    re-scored on the current dev rows, so nights with new dev data compare like with like.
+    """
+    p = cfg.promotion
+    registry = Registry(Path(p.registry) if p.registry else store.root / "registry.sqlite")
+    generations = pd.read_parquet(evaluation.file("generations.parquet"))
+    challenger = generations[generations["system"] == "plad"].sort_values("id")
+    champion = registry.champion(cfg.name)
+    entry = {"run_id": run_id, "config": cfg.name, "metric": p.metric, "model_path": str(calibrated.file(MODEL_DIR)),
+             "calibrate_key": calibrated.key, "evaluate_key": evaluation.key,
+             "challenger_score": float(challenger[p.metric].mean())}
+    if champion is None:
+        decision = {"promoted": True, "reason": "no champion yet"}
+    elif champion["calibrate_key"] == calibrated.key:
+        decision = {"promoted": False, "reason": "same model as the champion",
+                    "champion_score": entry["challenger_score"]}
+    else:
+        model, tokenizer = models.load_model(champion["model_path"], cfg.cache_dir)
+        dev = _rows(data, "dev")
+        incumbent = _generate_and_score(model, tokenizer, "champion", dev, data, cfg.student.prompt, cfg).sort_values("id")
+        decision = promotion_decision(list(challenger[p.metric]), list(incumbent[p.metric]), p.n_resamples, p.seed)
+    entry.update(decision)
+    registry.record(entry)
+    log.info("promotion: %s (%s)", "promoted" if entry["promoted"] else "kept the champion", entry["reason"])
+    return entry
 
 
 RUNNERS: dict[str, Callable[..., Artifact]] = {

@@ -37,7 +37,8 @@ def test_materialize_commits_manifest_and_reuses(tmp_path):
     assert manifest["stats"] == {"rows": 1} and manifest["config"] == {"x": 1}
     assert manifest["files"]["payload.txt"]["bytes"] == 5
     assert "torch" in manifest["libraries"]
-    assert sorted(p.name for p in (tmp_path / "stage").iterdir()) == [first.key]  # no temp or work dirs left
+    leftovers = sorted(p.name for p in (tmp_path / "stage").iterdir() if not p.name.startswith(".lock-"))
+    assert leftovers == [first.key]  # no temp or work dirs left
 
 
 def test_force_rebuilds(tmp_path):
@@ -97,6 +98,27 @@ def test_killed_build_leaves_no_artifact_and_reruns_cleanly(tmp_path):
     store = ArtifactStore(tmp_path / "store")
     key = artifact_key("stage", 1, {}, {})
     assert store.get("stage", key) is None
-    assert [p.name.startswith(".tmp-") for p in (tmp_path / "store" / "stage").iterdir() if p.name != f".work-{key}"] == [True]
+    names = [p.name for p in (tmp_path / "store" / "stage").iterdir() if p.name not in (f".work-{key}", f".lock-{key}")]
+    assert len(names) == 1 and names[0].startswith(f".tmp-{key}")
     build, calls = writer("done")
     assert (store.materialize("stage", 1, {}, {}, build).path / "payload.txt").read_text() == "done"
+
+
+def test_concurrent_runs_build_once_and_both_get_the_artifact(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from plad_core.artifacts import ArtifactStore
+        def build(out, work):
+            with open({str(tmp_path / 'builds')!r}, "a") as fh:
+                fh.write(f"{{os.getpid()}}\\n")
+            time.sleep(2)
+            (out / "payload.txt").write_text("once")
+        art = ArtifactStore({str(tmp_path / 'store')!r}).materialize("stage", 1, {{}}, {{}}, build)
+        print(art.key, (art.path / "payload.txt").read_text())
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert len((tmp_path / "builds").read_text().split()) == 1
+    assert outputs[0] == outputs[1] == f"{artifact_key('stage', 1, {}, {})} once"

@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
-from plad_core.data import DataError, build_prompts, fewshot_examples, load_rows, render_prompt, split_rows
-from tiny import TLDR, real_tokenizer
+from plad_core.data import TASKS, DataError, build_prompts, fewshot_examples, load_rows, render_prompt, split_rows
+from tiny import HH, TLDR, real_tokenizer
 
 ROW = {"id": "a", "subreddit": "test", "title": "T", "post": "hello there", "summary": "hi"}
 
@@ -46,9 +46,26 @@ def test_duplicate_id_is_an_error(tmp_path):
 
 
 def test_empty_posts_are_dropped_and_counted(tmp_path):
-    path = write_jsonl(tmp_path / "rows.jsonl", [ROW, {**ROW, "id": "b", "post": "  "}, {**ROW, "id": "c"}])
+    path = write_jsonl(tmp_path / "rows.jsonl", [ROW, {**ROW, "id": "b", "post": "  "}, {**ROW, "id": "c"},
+                                                 {**ROW, "id": "d", "summary": ""}])
     loaded = load_rows(path)
-    assert [r["id"] for r in loaded.rows] == ["a", "c"] and loaded.dropped_empty == 1
+    assert [r["id"] for r in loaded.rows] == ["a", "c"] and loaded.dropped_empty == 2
+    assert loaded.rows[0]["reference"] == "hi"
+
+
+def test_hh_rows_load_and_truncate_from_the_start():
+    loaded = load_rows(str(HH), task="hh")
+    assert len(loaded.rows) == 2307 - 4 and loaded.dropped_empty == 4   # 4 upstream rows have an empty chosen
+    row = max(loaded.rows, key=lambda r: len(r["prompt"]))
+    tokenizer = real_tokenizer()
+    prompts, truncated = build_prompts(pd.DataFrame([row]), tokenizer, "{prompt}", [], "", 64, TASKS["hh"])
+    assert truncated == 1 and prompts[0].endswith("\n\nAssistant:")
+    assert len(tokenizer(prompts[0], add_special_tokens=False)["input_ids"]) <= 64
+
+
+def test_unknown_task_is_an_error():
+    with pytest.raises(DataError, match="data.task='qa' is unknown"):
+        load_rows(str(TLDR), task="qa")
 
 
 def test_parquet_input(tmp_path):
@@ -76,14 +93,15 @@ def test_split_larger_than_data_is_an_error():
 def test_fewshot_examples_are_the_shortest_labeled_posts():
     labeled = pd.DataFrame([{**ROW, "id": "x", "post": "a" * 50}, {**ROW, "id": "y", "post": "a" * 5},
                             {**ROW, "id": "z", "post": "a" * 20}])
-    assert [e["id"] for e in fewshot_examples(labeled, 2)] == ["y", "z"]
-    prompt = render_prompt(ROW, "P: {post}\nS:", fewshot_examples(labeled, 1), "\n##\n")
+    labeled["reference"] = labeled["summary"]
+    assert [e["id"] for e in fewshot_examples(labeled, 2, "post")] == ["y", "z"]
+    prompt = render_prompt(ROW, "P: {post}\nS:", fewshot_examples(labeled, 1, "post"), "\n##\n")
     assert prompt == "P: aaaaa\nS: hi\n##\nP: hello there\nS:"
 
 
 def test_prompts_are_truncated_to_the_token_budget_and_counted():
     tokenizer = real_tokenizer()
-    rows = pd.DataFrame([{**ROW, "id": "short"}, {**ROW, "id": "long", "post": "word " * 400}])
+    rows = pd.DataFrame([{**ROW, "id": "short"}, {**ROW, "id": "long", "post": "word " * 400}])  # tldr by default
     prompts, truncated = build_prompts(rows, tokenizer, "POST: {post}\nTL;DR:", [], "", 64)
     assert truncated == 1
     assert prompts[0] == "POST: hello there\nTL;DR:"

@@ -15,7 +15,7 @@ from plad_core.config import load_config
 from plad_core.pairs import PAIRS_SCHEMA
 from plad_core.sampling.schema import SAMPLES_SCHEMA
 from plad_core.stages import DEPENDENCIES, run_stage
-from tiny import make_tiny_model, tiny_overrides
+from tiny import HH, make_tiny_model, tiny_overrides
 
 STAGES = list(DEPENDENCIES)
 
@@ -112,6 +112,23 @@ def test_a_config_change_rebuilds_that_stage_and_downstream_only(first_run, tiny
 
 
 @pytest.mark.slow
+def test_champion_is_kept_unless_a_challenger_beats_it(first_run, tiny):
+    root, overrides = tiny
+    assert first_run["promotion"]["promoted"] and first_run["promotion"]["reason"] == "no champion yet"
+    same = distill(config="tldr", overrides=overrides)["promotion"]
+    assert not same["promoted"] and same["reason"] == "same model as the champion"
+    challenger = distill(config="tldr", overrides=overrides + ["train.optim.lr=0.01"])["promotion"]
+    assert challenger["promoted"] == (challenger["ci_low"] > 0)
+    assert challenger["ci_low"] <= challenger["difference"] <= challenger["ci_high"]
+    out = subprocess.run([sys.executable, "-m", "plad_core.cli", "history", "--config", "tldr", *overrides],
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert "no champion yet" in lines[1] and "yes" in lines[1]          # first run: the first champion
+    assert all("same model as the champion" in line for line in lines[2:-1])  # reruns of the same model
+    assert ("yes" if challenger["promoted"] else "no") in lines[-1] and "the champion" in lines[-1]
+
+
+@pytest.mark.slow
 def test_cli_pairs_show_prints_pairs(first_run):
     path = first_run["artifacts"]["build_pairs"]
     out = subprocess.run([sys.executable, "-m", "plad_core.cli", "pairs", "show", path, "-n", "2"],
@@ -119,6 +136,19 @@ def test_cli_pairs_show_prints_pairs(first_run):
     pairs = pd.read_parquet(f"{path}/pairs.parquet")
     assert out.startswith(f"{path}/pairs.parquet: {len(pairs)} pairs")
     assert pairs["id"].iloc[0] in out and "chosen" in out and "rejected" in out
+
+
+@pytest.mark.slow
+def test_hh_dialogues_run_through_the_same_flow(harness, tiny):
+    root, _ = tiny
+    overrides = tiny_overrides(root / "hh", root / "teacher", data=HH)
+    result = distill(config="hh", overrides=overrides)
+    rows = pd.read_parquet(f"{result['artifacts']['prepare_data']}/rows.parquet")
+    assert len(rows) == 16 and all(rows["prompt"].str.endswith("\n\nAssistant:"))
+    pairs = pd.read_parquet(f"{result['artifacts']['build_pairs']}/pairs.parquet")
+    assert set(pairs["id"]) <= set(rows.loc[rows["split"] == "unlabeled", "id"])
+    assert all(pairs["prompt"].str.endswith("Assistant:"))
+    assert sorted(result["metrics"]) == ["plad", "sft", "teacher"]
 
 
 def test_library_never_imports_prefect():

@@ -52,3 +52,18 @@ def test_hf_generate_is_seeded_and_returns_input_order(tmp_path):
         ids = tokenizer(prompts[0], return_tensors="pt")
         reference = model.generate(**ids, max_new_tokens=6, do_sample=False)[0, ids["input_ids"].shape[1]:]
     assert greedy[0].text == tokenizer.decode(reference, skip_special_tokens=True).strip()
+
+
+def test_earlier_samples_are_reused_for_recurring_ids_with_the_same_prompt(tmp_path):
+    work = tmp_path / "night1"
+    work.mkdir()
+    sample_sharded(["a", "b"], ["pa", "pb"], fake_generate([]), META, 0, 8, work, tmp_path / "night1.parquet")
+    earlier = pq.read_table(tmp_path / "night1.parquet").to_pandas()
+    calls = []
+    (tmp_path / "night2").mkdir()
+    stats = sample_sharded(["a", "b", "c"], ["pa", "pb CHANGED", "pc"], fake_generate(calls), META, 0, 8,
+                           tmp_path / "night2", tmp_path / "night2.parquet", earlier)
+    assert [c[0] for c in calls] == [("pb CHANGED", "pc")]           # only new or changed prompts are sampled
+    assert stats["reused_rows"] == 1 and stats["generated_prompts"] == 2 and stats["rows"] == 3
+    rows = {r["id"]: r["text"] for r in pq.read_table(tmp_path / "night2.parquet").to_pylist()}
+    assert rows["a"] == earlier.loc[earlier["id"] == "a", "text"].item()

@@ -12,6 +12,7 @@ from plad_core.models import load_tokenizer, resolve_model_path
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "data" / "cache"
 TLDR = REPO.parent / "shared" / "data" / "tldr" / "validation.jsonl"
+HH = REPO.parent / "shared" / "data" / "hh" / "test.jsonl"
 
 
 def real_tokenizer():
@@ -32,9 +33,9 @@ def make_tiny_model(out: Path, layers: int = 4, seed: int = 0, hidden: int = 64)
     return out
 
 
-def tiny_overrides(root: Path, teacher: Path) -> list[str]:
-    """A whole-pipeline config on 16 real TL;DR rows and tiny models: runs in seconds."""
-    return [f"data.path={TLDR}", "data.n_labeled=6", "data.n_unlabeled=6", "data.n_dev=4",
+def tiny_overrides(root: Path, teacher: Path, data: Path = TLDR) -> list[str]:
+    """A whole-pipeline config on 16 real rows and tiny models: runs in seconds."""
+    return [f"data.path={data}", "data.n_labeled=6", "data.n_unlabeled=6", "data.n_dev=4",
             f"artifacts_root={root / 'artifacts'}", f"cache_dir={CACHE}",
             f"teacher.model={teacher}", "student.keep_layers=[0,3]", "student.heal.steps=2",
             "teacher.sampling.max_new_tokens=8", "student.sampling.max_new_tokens=8", "eval.max_new_tokens=8",

@@ -1,0 +1,45 @@
+"""Seeded bootstrap statistics for headline numbers and system comparisons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    estimate: float
+    low: float
+    high: float
+
+
+def bootstrap_ci(values: Sequence[float], n_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
+    """Mean of ``values`` with a percentile bootstrap confidence interval."""
+    x = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_resamples, len(x)))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    return Interval(float(x.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail)))
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    difference: Interval   # mean of a - b, with its bootstrap CI
+    p_value: float         # two-sided paired-bootstrap p-value for "no difference"
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], n_resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> PairedComparison:
+    """Compare two systems scored on the same items: resample items, keep the pairing."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired scores need equal lengths, got {len(x)} and {len(y)}")
+    diff = x - y
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_resamples, len(diff)))].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    p = min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean()))
+    return PairedComparison(Interval(float(diff.mean()), float(np.percentile(means, tail)),
+                                     float(np.percentile(means, 100 - tail))), float(p))
