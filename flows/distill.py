@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger
@@ -14,6 +15,10 @@ from plad_core.models import set_threads
 from plad_core.stages import RUNNERS
 from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, promote, sample_student,
                    sample_teacher, sft_student)
+
+# Runs started by a deployment's runner leave the root logger at WARNING; plad's stage progress
+# (building / reusing / promotion) is INFO and should reach the Prefect UI there too.
+logging.getLogger("plad").setLevel(logging.INFO)
 
 
 @flow(name="distill", log_prints=True)
@@ -44,9 +49,12 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
     results = evaluate(cfg, store, data, sft, calibrated, force="evaluate" in rebuild)
     decision = promote(cfg, store, data, calibrated, results, str(flow_run.id)) if cfg.promotion.enabled else None
 
-    table = results.file("results.md").read_text()
-    create_markdown_artifact(key="distill-results", markdown=table, description=f"config {cfg.name}")
-    get_run_logger().info("results (%s):\n%s", results.path, table)
+    # results.md is the report's summary (results with CIs, PLaD vs SFT, calibration, by length);
+    # the whole report with its plots is report.html beside it.
+    summary = results.file("results.md").read_text()
+    create_markdown_artifact(key="distill-results", markdown=summary,
+                             description=f"config {cfg.name}: summary of {results.file('report.html')}")
+    get_run_logger().info("results (%s):\n%s", results.file("report.html"), summary)
     artifacts = {a.stage: str(a.path) for a in (data, init, sft, teacher_samples, student_samples, pairs,
                                                  calibrated, results)}
     return {"config": cfg.name, "metrics": results.manifest["stats"]["metrics"], "artifacts": artifacts,

@@ -45,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         verdict = "new champion" if decision["promoted"] else "champion kept"
         print(f"Promotion: {verdict} ({decision['reason']}); see `plad history --config {args.config}`")
     print(f"Pairs:   {Path(result['artifacts']['build_pairs']) / 'pairs.parquet'}")
-    print(f"Report:  {evaluate / 'results.md'}")
+    print(f"Report:  {evaluate / 'report.html'}")
 
 
 def cmd_stage(args: argparse.Namespace) -> None:

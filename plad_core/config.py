@@ -47,7 +47,22 @@ class PromptConfig:
 
 
 @dataclass
+class ApiConfig:
+    """An OpenAI-compatible endpoint, for ``sampling.backend=openai`` (``plad_core.sampling.openai_api``)."""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    mode: str = "completions"
+    concurrency: int = 8
+    max_retries: int = 5
+    timeout_s: float = 60.0
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+
+
+@dataclass
 class SamplingConfig:
+    backend: str = "hf"
     n: int = 1
     temperature: float = 0.7
     top_p: float = 0.95
@@ -57,6 +72,7 @@ class SamplingConfig:
     seed: int = 0
     stop: list[str] = field(default_factory=lambda: ["\n"])
     dtype: str = "bfloat16"
+    api: ApiConfig = field(default_factory=ApiConfig)
 
 
 @dataclass
@@ -130,6 +146,15 @@ class EvalConfig:
     rouge_stemmer: bool = True
     dtype: str = "bfloat16"
     systems: list[str] = field(default_factory=lambda: ["teacher", "sft", "plad"])
+    n_resamples: int = 1000
+    seed: int = 0
+    calibration_samples: int = 4
+    calibration_rows: int = 0
+    calibration_temperature: float = 0.7
+    calibration_top_p: float = 0.95
+    calibration_bins: int = 10
+    length_buckets: list[int] = field(default_factory=list)
+    report_examples: int = 3
 
 
 @dataclass

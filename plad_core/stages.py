@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,13 +22,13 @@ from omegaconf import DictConfig
 
 from plad_core import data as data_lib
 from plad_core import evaluate as eval_lib
-from plad_core import models, train
-from plad_core.artifacts import Artifact, ArtifactStore, sha256_file
+from plad_core import models, report, train
+from plad_core.artifacts import Artifact, ArtifactStore, artifact_key, sha256_file
 from plad_core.config import config_slice
 from plad_core.losses import rouge_l_scores
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs
 from plad_core.registry import Registry, promotion_decision
-from plad_core.sampling import hf
+from plad_core.sampling import check_backend, hf, openai_api
 from plad_core.sampling.shards import sample_sharded
 
 log = logging.getLogger("plad.stages")
@@ -45,6 +46,7 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
 
 # Bump a stage's version when its code changes what it produces: its artifacts and all downstream ones rebuild.
 VERSIONS = {name: 1 for name in DEPENDENCIES}
+VERSIONS["evaluate"] = 2  # v2: bootstrap CIs, paired test, calibration, length buckets, report.html
 
 MODEL_DIR = "model"
 DATA_SLICE = ["data.task", "data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
@@ -182,34 +184,80 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
     return _materialize(store, "sft_student", config, [data, init], build, force)
 
 
-def _sample(side: DictConfig, model: Any, tokenizer: Any, model_name: str, data: Artifact, earlier: list[Artifact],
-            out: Path, work: Path) -> dict[str, Any]:
-    rows = _rows(data, "unlabeled")
-    prompts, truncated = _prompts(rows, data, side.prompt, tokenizer)
-    sp = side.sampling
+def _sampling_slice(cfg: DictConfig, side: str) -> dict[str, Any]:
+    """``<side>.prompt`` and ``<side>.sampling`` as they enter the sampling artifact's key.
+
+    With the hf backend, ``backend`` and ``api`` are left out (hf keys are what they were before
+    there were backends). With openai, the endpoint's identity is in the key's ``teacher`` entry;
+    dtype, batch_size and the api's throughput and retry knobs change how fast, not what, so they are out.
+    """
+    out = config_slice(cfg, [f"{side}.prompt", f"{side}.sampling"])
+    sampling = dict(out[f"{side}.sampling"])
+    backend = sampling.pop("backend")
+    sampling.pop("api")
+    if backend != "hf":
+        sampling = {k: v for k, v in sampling.items() if k not in ("dtype", "batch_size")}
+    out[f"{side}.sampling"] = sampling
+    return out
+
+
+def _api_identity(api: openai_api.ApiSettings) -> dict[str, Any]:
+    """A teacher behind an API is known by its endpoint and served name (its weights are not visible)."""
+    return {"backend": "openai", "base_url": openai_api.api_root(api.base_url), "model": api.model,
+            "mode": api.mode, "prompt_truncation": f"{openai_api.CHARS_PER_TOKEN} characters per token"}
+
+
+def _hf_sampler(sp: DictConfig, model: Any, tokenizer: Any, desc: str) -> Callable[[list[str], int], list[hf.Generation]]:
     models.cast(model, sp.dtype)
 
     def generate(batch_prompts: list[str], seed: int) -> list[hf.Generation]:
         return hf.generate(model, tokenizer, batch_prompts, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
                            max_new_tokens=sp.max_new_tokens, batch_size=sp.batch_size, seed=seed, stop=list(sp.stop),
-                           desc=f"sample {model_name}")
+                           desc=desc)
+    return generate
 
-    meta = {"backend": "hf", "model": model_name, "temperature": sp.temperature, "top_p": sp.top_p,
+
+def _api_sampler(sp: DictConfig, api: openai_api.ApiSettings, desc: str) -> Callable[[list[str], int], list[hf.Generation]]:
+    def generate(batch_prompts: list[str], seed: int) -> list[hf.Generation]:
+        return openai_api.generate(batch_prompts, api, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
+                                   max_new_tokens=sp.max_new_tokens, seed=seed, stop=list(sp.stop), desc=desc)
+    return generate
+
+
+def _sample(side: DictConfig, tokenizer: Any, generate: Callable[[list[str], int], list[hf.Generation]],
+            backend: str, model_name: str, data: Artifact, earlier: list[Artifact], out: Path,
+            work: Path) -> dict[str, Any]:
+    rows = _rows(data, "unlabeled")
+    prompts, truncated = _prompts(rows, data, side.prompt, tokenizer)
+    sp = side.sampling
+    meta = {"backend": backend, "model": model_name, "temperature": sp.temperature, "top_p": sp.top_p,
             "max_new_tokens": sp.max_new_tokens}
     previous = pd.concat([pd.read_parquet(a.file("samples.parquet")) for a in earlier]) if earlier else None
     stats = sample_sharded(list(rows["id"]), prompts, generate, meta, sp.seed, sp.shard_size, work,
                            out / "samples.parquet", previous)
-    return {**stats, "truncated_prompts": truncated}
+    return {**stats, "truncated_prompts": truncated, "backend": backend}
 
 
 def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, force: bool = False) -> Artifact:
-    """Teacher outputs y_T for every unlabeled prompt (``samples.parquet``), sharded and resumable."""
-    config = {"teacher": _teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt", "teacher.sampling"])}
+    """Teacher outputs y_T for every unlabeled prompt (``samples.parquet``), sharded and resumable.
+
+    ``teacher.sampling.backend``: hf loads ``teacher.model`` here; openai samples an OpenAI-compatible
+    endpoint (``teacher.sampling.api``) and loads nothing, not even a tokenizer: prompts are
+    truncated to ``prompt.max_tokens`` units of ``openai_api.CHARS_PER_TOKEN`` characters.
+    """
+    sp = cfg.teacher.sampling
+    backend = check_backend(sp.backend, "teacher.sampling")
+    api = openai_api.ApiSettings.from_config(sp.api).check("teacher.sampling.api") if backend == "openai" else None
+    config = {"teacher": _api_identity(api) if api else _teacher_identity(cfg), **_sampling_slice(cfg, "teacher")}
 
     def build(out: Path, work: Path) -> dict[str, Any]:
-        model, tokenizer = _load_teacher(cfg)
         earlier = store.find("sample_teacher", config, {})
-        return _sample(cfg.teacher, model, tokenizer, cfg.teacher.model, data, earlier, out, work)
+        if api is not None:
+            return _sample(cfg.teacher, openai_api.CharTokens(), _api_sampler(sp, api, f"sample {api.model}"),
+                           backend, api.model, data, earlier, out, work)
+        model, tokenizer = _load_teacher(cfg)
+        return _sample(cfg.teacher, tokenizer, _hf_sampler(sp, model, tokenizer, f"sample {cfg.teacher.model}"),
+                       backend, cfg.teacher.model, data, earlier, out, work)
 
     return _materialize(store, "sample_teacher", config, [data], build, force)
 
@@ -217,12 +265,16 @@ def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, fo
 def run_sample_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact,
                        force: bool = False) -> Artifact:
     """SFT-student outputs y_S for every unlabeled prompt (``samples.parquet``), sharded and resumable."""
-    config = config_slice(cfg, ["student.prompt", "student.sampling"])
+    check_backend(cfg.student.sampling.backend, "student.sampling", ("hf",),
+                  "the student is the sft_student artifact, built by this pipeline and sampled in-process")
+    config = _sampling_slice(cfg, "student")
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         model, tokenizer = _load_artifact_model(sft, cfg)
         earlier = store.find("sample_student", config, {"sft_student": sft.key})
-        return _sample(cfg.student, model, tokenizer, f"sft_student:{sft.key}", data, earlier, out, work)
+        name = f"sft_student:{sft.key}"
+        return _sample(cfg.student, tokenizer, _hf_sampler(cfg.student.sampling, model, tokenizer, f"sample {name}"),
+                       "hf", name, data, earlier, out, work)
 
     return _materialize(store, "sample_student", config, [data, sft], build, force)
 
@@ -292,13 +344,61 @@ def _generate_and_score(model: Any, tokenizer: Any, system: str, dev: pd.DataFra
                          "output_tokens": [g.output_tokens for g in gens], **scores})
 
 
+CALIBRATED_SYSTEMS = ("sft", "plad")  # the students whose sequence likelihood calibration is measured
+
+
+@torch.inference_mode()
+def _calibration_samples(model: Any, tokenizer: Any, system: str, dev: pd.DataFrame, data: Artifact,
+                         cfg: DictConfig) -> pd.DataFrame:
+    """K = eval.calibration_samples sampled outputs per dev prompt (the first eval.calibration_rows
+    rows when > 0) from one student, each with the student's own log-likelihood (summed and per
+    token, EOS included, as in calibration training; in eval.dtype) and its ROUGE-L F1 against the
+    reference: system, id, sample_index, text, output_tokens, scored_tokens, logp_sum, logp_mean, rougeL."""
+    e = cfg.eval
+    models.cast(model, e.dtype)
+    model.eval()
+    dev = dev.head(e.calibration_rows) if e.calibration_rows > 0 else dev
+    prompts, _ = _prompts(dev, data, cfg.student.prompt, tokenizer)
+    gens = hf.generate(model, tokenizer, prompts, n=e.calibration_samples, temperature=e.calibration_temperature,
+                       top_p=e.calibration_top_p, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
+                       seed=e.seed, stop=list(e.stop), desc=f"calibration samples {system}")
+    max_len = cfg.student.prompt.max_tokens + e.max_new_tokens + 8  # long enough that nothing is cut
+    items = [train.encode(tokenizer, prompts[g.prompt_index], g.text, max_len) for g in gens]
+    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+    logp_sum, scored = [0.0] * len(items), [0] * len(items)
+    for start in range(0, len(order), e.batch_size):
+        chunk = order[start:start + e.batch_size]
+        total, count = train.sequence_logprobs(model, train.collate([items[i] for i in chunk], tokenizer.pad_token_id))
+        for i, t, c in zip(chunk, total.float().tolist(), count.tolist()):
+            logp_sum[i], scored[i] = t, int(c)
+    ids, references = list(dev["id"]), list(dev["reference"])
+    texts = [g.text for g in gens]
+    quality = eval_lib.rouge_f1(texts, [references[g.prompt_index] for g in gens], e.rouge_stemmer)["rougeL"]
+    return pd.DataFrame({"system": system, "id": [ids[g.prompt_index] for g in gens],
+                         "sample_index": [g.sample_index for g in gens], "text": texts,
+                         "output_tokens": [g.output_tokens for g in gens], "scored_tokens": scored,
+                         "logp_sum": logp_sum, "logp_mean": [t / max(c, 1) for t, c in zip(logp_sum, scored)],
+                         "rougeL": list(quality)})
+
+
 def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact, calibrated: Artifact,
                  force: bool = False) -> Artifact:
-    """Greedy outputs of each system on the dev split; ROUGE-1/2/L F1 against the human references."""
+    """Greedy outputs of each system on the dev split scored with ROUGE-1/2/L F1 against the human
+    references, with bootstrap CIs, the paired PLaD-vs-SFT test, the students' calibration
+    (``eval.calibration_samples`` samples per prompt) and every metric by reference-length bucket.
+
+    Writes generations.parquet, calibration_samples.parquet, metrics.json
+    (``plad_core.evaluate.evaluation_metrics``), report.md, report.html, plots/ and results.md
+    (the report's summary, published by the flow)."""
     systems = list(cfg.eval.systems)
     config = {**config_slice(cfg, ["eval", "student.prompt"]),
               **({"teacher": _teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
                  if "teacher" in systems else {})}
+    upstream = [data, sft, calibrated]
+    key = artifact_key("evaluate", VERSIONS["evaluate"], config, {a.stage: a.key for a in upstream})
+    k = cfg.eval.calibration_samples
+    if k == 1 or k < 0:
+        raise ValueError(f"eval.calibration_samples={k}: use 0 (off) or at least 2 samples to rank per prompt")
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         dev = _rows(data, "dev")
@@ -308,18 +408,50 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
         unknown = [s for s in systems if s not in loaders]
         if unknown:
             raise ValueError(f"eval.systems has unknown names {unknown}; known: {list(loaders)}")
-        frames = []
+        frames, sampled = [], []
+        seconds = {"generate": 0.0, "calibration": 0.0}
         for system in systems:
             load, prompt_cfg = loaders[system]
             model, tokenizer = load()
+            started = time.perf_counter()
             frames.append(_generate_and_score(model, tokenizer, system, dev, data, prompt_cfg, cfg))
-        metrics = {f["system"].iloc[0]: eval_lib.summarize_system(f, list(f["output_tokens"])) for f in frames}
-        pd.concat(frames).to_parquet(out / "generations.parquet", index=False)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (out / "results.md").write_text(eval_lib.results_table(metrics) + "\n")
-        return {"metrics": metrics, "dev_rows": len(dev)}
+            seconds["generate"] += time.perf_counter() - started
+            if k and system in CALIBRATED_SYSTEMS:
+                started = time.perf_counter()
+                sampled.append(_calibration_samples(model, tokenizer, system, dev, data, cfg))
+                seconds["calibration"] += time.perf_counter() - started
+        started = time.perf_counter()
+        generations = pd.concat(frames, ignore_index=True)
+        samples = pd.concat(sampled, ignore_index=True) if sampled else pd.DataFrame(
+            columns=["system", "id", "sample_index", "text", "logp_mean", "rougeL"])
+        e = cfg.eval
+        metrics = eval_lib.evaluation_metrics(generations, dev[["id", "reference"]], samples, list(e.length_buckets),
+                                              e.n_resamples, e.seed, e.calibration_bins)
+        metrics["settings"].update(calibration_samples=k, calibration_temperature=e.calibration_temperature,
+                                   calibration_top_p=e.calibration_top_p)
+        generations.to_parquet(out / "generations.parquet", index=False)
+        samples.to_parquet(out / "calibration_samples.parquet", index=False)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+        template = cfg.student.prompt.template
+        references = dev[["id", "reference"]].assign(
+            prompt=[data_lib.render_prompt(r, template, [], "") for r in dev.to_dict("records")])
+        log_path = calibrated.file("train_log.parquet")
+        keys = {"evaluate": key, **{a.stage: a.key for a in upstream},
+                **{f"{s} (calibrate's upstream)": v for s, v in calibrated.manifest.get("upstream", {}).items()
+                   if s != "sft_student"}}
+        summary = report.write_report(
+            out, metrics, generations, references, pd.read_parquet(log_path) if log_path.is_file() else None,
+            {"keys": keys, "config": config, "report_path": str(store.path("evaluate", key) / "report.html")},
+            title=f"PLaD evaluation: {cfg.name}, dev split", n_examples=e.report_examples)
+        (out / "results.md").write_text(summary)
+        seconds["metrics_and_report"] = time.perf_counter() - started
+        return {"metrics": metrics["systems"], "paired": metrics["paired"],
+                "calibration": {s: {m: c[m] for m in ("spearman", "ece", "prompts_used", "prompts_skipped")}
+                                for s, c in metrics["calibration"].items()},
+                "length_buckets": metrics["length_buckets"]["edges"], "dev_rows": len(dev),
+                "seconds": {name: round(v, 1) for name, v in seconds.items()}}
 
-    return _materialize(store, "evaluate", config, [data, sft, calibrated], build, force)
+    return _materialize(store, "evaluate", config, upstream, build, force)
 
 
 def run_promote(cfg: DictConfig, store: ArtifactStore, data: Artifact, calibrated: Artifact, evaluation: Artifact,

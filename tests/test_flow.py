@@ -79,6 +79,44 @@ def test_metrics_are_finite_for_every_system(first_run):
         assert system["n"] == 4
         assert all(math.isfinite(v) for v in system.values())
         assert 0 <= system["rougeL"] <= 100
+        for name in ("rouge1", "rouge2", "rougeL", "mean_output_tokens"):
+            assert system[f"{name}_low"] <= system[name] <= system[f"{name}_high"]
+
+
+@pytest.mark.slow
+def test_evaluate_writes_cis_calibration_buckets_and_the_report(first_run):
+    evaluate = __import__("pathlib").Path(first_run["artifacts"]["evaluate"])
+    metrics = json.loads((evaluate / "metrics.json").read_text())
+    assert metrics["systems"] == first_run["metrics"]
+    assert metrics["settings"]["n_resamples"] == 1000 and metrics["settings"]["calibration_samples"] == 4
+    generations = pd.read_parquet(evaluate / "generations.parquet")
+    plad, sft = (generations[generations["system"] == s].set_index("id")["rougeL"] for s in ("plad", "sft"))
+    paired = metrics["paired"]["plad_vs_sft"]
+    assert paired["n"] == 4 and paired["difference"] == pytest.approx(100 * (plad - sft).mean(), abs=0.01)
+    assert paired["low"] <= paired["difference"] <= paired["high"] and 0 <= paired["p_value"] <= 1
+
+    samples = pd.read_parquet(evaluate / "calibration_samples.parquet")
+    assert len(samples) == 2 * 4 * 4 and sorted(samples["system"].unique()) == ["plad", "sft"]
+    assert (samples["logp_mean"] < 0).all() and (samples["scored_tokens"] >= 1).all()
+    assert samples["logp_mean"].to_numpy() == pytest.approx((samples["logp_sum"] / samples["scored_tokens"]).to_numpy())
+    for student in ("sft", "plad"):
+        c = metrics["calibration"][student]
+        assert c["prompts"] == 4 and c["samples"] == 16 and c["prompts_used"] + c["prompts_skipped"] == 4
+        assert c["spearman"] is None or -1 <= c["spearman"] <= 1
+        assert c["ece"] is None or 0 <= c["ece"] <= 1
+        assert sum(b["count"] for b in c["bins"]) == c["ece_samples"] <= 16
+
+    buckets = metrics["length_buckets"]
+    assert buckets["rule"].startswith("default") and len(buckets["buckets"]) == len(buckets["edges"]) + 1
+    assert sum(b["n"] for b in buckets["buckets"]) == 4
+    for b in buckets["buckets"]:
+        assert all(m["n"] == b["n"] for m in b["systems"].values())
+
+    page = (evaluate / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 3 and (evaluate / "report.md").is_file()
+    summary = (evaluate / "results.md").read_text()
+    assert f"Full report: {evaluate / 'report.html'}" in summary
+    assert f"{metrics['systems']['plad']['rougeL']:.2f} [{metrics['systems']['plad']['rougeL_low']:.2f}" in summary
 
 
 @pytest.mark.slow

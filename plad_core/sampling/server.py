@@ -1,0 +1,322 @@
+"""A small OpenAI-compatible HTTP server for a local Hugging Face model, through the hf backend.
+
+    python -m plad_core.sampling.server --model PATH_OR_SPEC [--host 127.0.0.1] [--port 8000]
+
+Serves ``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions`` (non-streaming;
+``model, prompt | messages, max_tokens, temperature, top_p, n, stop, seed``) with ``usage`` and
+``finish_reason`` as the OpenAI API has them, so ``<side>.sampling.backend=openai`` can be pointed
+at it. It is for local use and tests, not for throughput: requests are generated one at a time
+(a lock around ``plad_core.sampling.hf.generate``, seeded per request, so answers are reproducible).
+At scale, serve the model with vLLM (``vllm serve``) and use the same client.
+
+It binds 127.0.0.1 unless told otherwise. ``--api-key-env NAME`` makes it require
+``Authorization: Bearer $NAME``. ``--port 0`` picks a free port; the first line printed names the URL.
+
+Fault injection, for exercising clients' retries against a real server (generation endpoints only,
+counted in arrival order): ``--drop-first N`` closes the connection of the first N requests without
+answering, then ``--fail-first N`` answers the next N with ``--fail-status`` (500; 429 is the other
+useful one), with ``--retry-after S`` on those answers when given. ``--faults 429,500,drop,stall``
+gives an explicit sequence instead (``stall``: wait ``--stall-s`` seconds, then close: a client timeout).
+``--test-endpoints`` adds ``GET /_test/state``: request counts and the last Authorization header seen,
+for tests only (it exposes that header: never use it with a real key on a shared machine).
+"""
+
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":
+    os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bar per request in the server's log
+
+import argparse
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
+
+from plad_core import models
+from plad_core.sampling import hf
+
+log = logging.getLogger("plad.sampling.server")
+
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+class BadRequest(ValueError):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class ServerState:
+    """The model and what the handlers share: the generation lock, the fault schedule, counters."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str, faults: list[str], retry_after: Optional[str] = None,
+                 stall_s: float = 5.0, api_key: Optional[str] = None, test_endpoints: bool = False):
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.faults = list(faults)
+        self.retry_after, self.stall_s = retry_after, stall_s
+        self.api_key = api_key
+        self.test_endpoints = test_endpoints
+        self.generate_lock = threading.Lock()
+        self.state_lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
+        self.arrivals = 0
+        self.last_authorization: Optional[str] = None
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    def arrive(self, path: str, authorization: Optional[str]) -> Optional[str]:
+        """Count a generation request; return the fault to inject for it, if any."""
+        with self.state_lock:
+            self.requests[path] += 1
+            self.last_authorization = authorization
+            fault = self.faults[self.arrivals] if self.arrivals < len(self.faults) else None
+            self.arrivals += 1
+            if fault:
+                self.injected[fault] += 1
+            return fault
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.state_lock:
+            return {"requests": dict(self.requests), "arrivals": self.arrivals, "injected": dict(self.injected),
+                    "last_authorization": self.last_authorization}
+
+
+def _float(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
+    value = body.get(key)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise BadRequest(f"'{key}' must be a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _int(body: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = body.get(key)
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(f"'{key}' must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _stop(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    stop = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise BadRequest("'stop' must be a non-empty string or a list of them")
+    return stop
+
+
+def _chat_prompt(tokenizer: Any, messages: Any) -> str:
+    if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise BadRequest("'messages' must be a non-empty list of {role, content} objects with string content")
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages)
+
+
+def complete(state: ServerState, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The OpenAI-style answer to one generation request (raises BadRequest for an invalid one)."""
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    if body.get("model") not in (None, state.name):
+        raise BadRequest(f"The model `{body.get('model')}` does not exist; this server serves `{state.name}`", 404)
+    if body.get("stream"):
+        raise BadRequest("'stream' is not supported by this server")
+    chat = path == "/v1/chat/completions"
+    if chat:
+        prompts = [_chat_prompt(state.tokenizer, body.get("messages"))]
+    else:
+        prompts = body.get("prompt")
+        prompts = [prompts] if isinstance(prompts, str) else prompts
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise BadRequest("'prompt' must be a string or a non-empty list of strings")
+    n = _int(body, "n", 1, 1, 64)
+    max_tokens = _int(body, "max_tokens", 16, 1, 1 << 20)
+    temperature = _float(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _float(body, "top_p", 1.0, 1e-6, 1.0)
+    seed = body.get("seed")
+    seed = secrets.randbelow(2 ** 31) if seed is None else _int(body, "seed", 0, -(2 ** 63), 2 ** 63 - 1)
+    stop = _stop(body)
+    with state.generate_lock:  # the tokenizer is not safe to share between threads either
+        if state.max_positions:
+            longest = max(len(state.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+            if longest + max_tokens > state.max_positions:
+                raise BadRequest(f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceed the model's "
+                                 f"context of {state.max_positions} tokens")
+        gens = hf.generate(state.model, state.tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
+                           max_new_tokens=max_tokens, batch_size=len(prompts), seed=seed % (2 ** 63), stop=stop,
+                           desc="serve")
+    choices = []
+    for g in gens:
+        choice: dict[str, Any] = {"index": g.prompt_index * n + g.sample_index, "finish_reason": g.finish_reason}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": g.text}
+        else:
+            choice.update(text=g.text, logprobs=None)
+        choices.append(choice)
+    prompt_tokens = sum(g.prompt_tokens for g in gens if g.sample_index == 0)
+    completion_tokens = sum(g.output_tokens for g in gens)
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}",
+            "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": state.name, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as clients pool connections
+    server_version = "plad-sampling-server"
+    state: ServerState  # set on the subclass made by make_server
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, payload: dict[str, Any], headers: Optional[dict[str, str]] = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, headers: Optional[dict[str, str]] = None) -> None:
+        kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                429: "rate_limit_error"}.get(status, "server_error")
+        self._send(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+
+    def _drop(self) -> None:
+        """Close the connection without a byte of answer (what a crashed proxy or server does)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _authorized(self) -> bool:
+        key = self.state.api_key
+        return key is None or secrets.compare_digest(self.headers.get("Authorization", ""), f"Bearer {key}")
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        path = self.path.split("?", 1)[0]
+        if path == "/v1/models":
+            if not self._authorized():
+                return self._error(401, "missing or wrong API key")
+            return self._send(200, {"object": "list", "data": [
+                {"id": self.state.name, "object": "model", "created": 0, "owned_by": "plad"}]})
+        if path == "/health":
+            return self._send(200, {"status": "ok"})
+        if path == "/_test/state" and self.state.test_endpoints:
+            return self._send(200, self.state.snapshot())
+        self._error(404, f"no route GET {path}")
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return self._error(400, f"request body over {MAX_BODY_BYTES} bytes")
+        raw = self.rfile.read(length)
+        if path not in GENERATION_PATHS:
+            return self._error(404, f"no route POST {path}")
+        fault = self.state.arrive(path, self.headers.get("Authorization"))
+        if not self._authorized():
+            return self._error(401, "missing or wrong API key")
+        if fault == "drop":
+            return self._drop()
+        if fault == "stall":
+            time.sleep(self.state.stall_s)
+            return self._drop()
+        if fault is not None:
+            headers = {"Retry-After": self.state.retry_after} if self.state.retry_after is not None else None
+            return self._error(int(fault), f"injected fault: HTTP {fault}", headers)
+        try:
+            answer = complete(self.state, path, json.loads(raw or b"null"))
+        except json.JSONDecodeError as err:
+            return self._error(400, f"the body is not JSON: {err}")
+        except BadRequest as err:
+            return self._error(err.status, str(err))
+        except Exception as err:  # a server error must still answer, as 500
+            log.exception("generation failed")
+            return self._error(500, f"{type(err).__name__}: {err}")
+        self._send(200, answer)
+
+
+def make_server(state: ServerState, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def fault_schedule(faults: Optional[str], drop_first: int, fail_first: int, fail_status: int) -> list[str]:
+    if faults:
+        schedule = [f.strip() for f in faults.split(",") if f.strip()]
+        bad = [f for f in schedule if f not in ("drop", "stall") and not (f.isdigit() and 400 <= int(f) <= 599)]
+        if bad:
+            raise ValueError(f"--faults: {bad} are not drop, stall or an HTTP status 400-599")
+        return schedule
+    return ["drop"] * drop_first + [str(fail_status)] * fail_first
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m plad_core.sampling.server", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="local folder, hub id or embedded:<name> (as teacher.model)")
+    p.add_argument("--served-model-name", default=None, help="name clients send as `model` (default: --model)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on the first line)")
+    p.add_argument("--cache-dir", default="data/cache", help="where embedded models are converted (cache_dir)")
+    p.add_argument("--dtype", default="bfloat16", choices=sorted(models.DTYPES))
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--api-key-env", default=None, help="require 'Authorization: Bearer $NAME' from clients")
+    p.add_argument("--drop-first", type=int, default=0, metavar="N")
+    p.add_argument("--fail-first", type=int, default=0, metavar="N")
+    p.add_argument("--fail-status", type=int, default=500)
+    p.add_argument("--retry-after", default=None, metavar="SECONDS", help="Retry-After on injected failures")
+    p.add_argument("--faults", default=None, help="explicit fault sequence, e.g. 429,500,drop,stall")
+    p.add_argument("--stall-s", type=float, default=5.0)
+    p.add_argument("--test-endpoints", action="store_true", help="GET /_test/state (tests only)")
+    args = p.parse_args(argv)
+    if args.faults and (args.drop_first or args.fail_first):
+        p.error("--faults replaces --drop-first/--fail-first; give one or the other")
+    try:
+        faults = fault_schedule(args.faults, args.drop_first, args.fail_first, args.fail_status)
+    except ValueError as err:
+        p.error(str(err))
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            p.error(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models.set_threads(args.threads)
+    model, tokenizer = models.load_model(args.model, args.cache_dir)
+    models.cast(model, args.dtype)
+    state = ServerState(model, tokenizer, args.served_model_name or args.model, faults, args.retry_after,
+                        args.stall_s, api_key, args.test_endpoints)
+    server = make_server(state, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"plad sampling server: serving {state.name} at http://{host}:{port}/v1", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

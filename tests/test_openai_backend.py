@@ -1,0 +1,268 @@
+"""The openai sampling backend against the project's real OpenAI-compatible server (a subprocess
+serving a tiny model on 127.0.0.1), including injected 429s, 500s, dropped connections and stalls."""
+
+import logging
+import os
+import random
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from plad_core import stages
+from plad_core.artifacts import ArtifactStore
+from plad_core.config import load_config
+from plad_core.models import load_tokenizer
+from plad_core.sampling import check_backend
+from plad_core.sampling.openai_api import (ApiError, ApiSettings, CharTokens, api_root, generate, parse_retry_after,
+                                           retry_delay)
+from plad_core.sampling.schema import SAMPLES_SCHEMA
+from plad_core.sampling.shards import sample_sharded
+from tiny import REPO, make_tiny_model, tiny_overrides
+
+SERVER_KEY_ENV = "PLAD_TEST_SERVER_KEY"
+PROMPTS = [f"SUBREDDIT: r/test\n\nTITLE: post {i}\n\nPOST: {'word ' * (3 + 2 * i)}\n\nTL;DR:" for i in range(8)]
+IDS = [f"id{i}" for i in range(8)]
+
+
+@contextmanager
+def serve(model: Path, log_path: Path, *flags: str, env: dict | None = None):
+    """The real server in a subprocess on a free 127.0.0.1 port; stopped by its pid afterwards."""
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "plad_core.sampling.server", "--model", str(model), "--host", "127.0.0.1",
+             "--port", "0", "--dtype", "float32", "--threads", "1", "--test-endpoints", *flags],
+            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        deadline = time.time() + 180
+        while not (match := re.search(r"at (http://127\.0\.0\.1:\d+/v1)", log_path.read_text())):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server did not start (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield match.group(1)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def server_state(base_url: str) -> dict:
+    return httpx.get(base_url.removesuffix("/v1") + "/_test/state", timeout=10).json()
+
+
+def api_generate(settings: ApiSettings, n: int = 1, max_new_tokens: int = 6):
+    return lambda prompts, seed: generate(prompts, settings, n=n, temperature=0.8, top_p=0.95,
+                                          max_new_tokens=max_new_tokens, seed=seed, stop=[])
+
+
+def meta(model: str) -> dict:
+    return {"backend": "openai", "model": model, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 6}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def server_key() -> str:
+    return "sk-plad-test-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def plain_server(tiny, server_key, tmp_path_factory):
+    """No faults; requires the Bearer key from $PLAD_TEST_SERVER_KEY."""
+    with serve(tiny, tmp_path_factory.mktemp("log") / "server.log", "--api-key-env", SERVER_KEY_ENV,
+               env={SERVER_KEY_ENV: server_key}) as url:
+        yield url
+
+
+@pytest.fixture
+def client_key(monkeypatch, server_key) -> str:
+    monkeypatch.setenv("PLAD_TEST_KEY", server_key)
+    return server_key
+
+
+def settings_for(url: str, tiny: Path, **kw) -> ApiSettings:
+    return ApiSettings(base_url=url, model=str(tiny), api_key_env="PLAD_TEST_KEY", concurrency=4,
+                       backoff_base_s=0.001, backoff_max_s=0.01, timeout_s=30, **kw)
+
+
+# -- fast checks, no server -----------------------------------------------------------------------------------------
+
+def test_backoff_is_full_jitter_capped_and_retry_after_wins():
+    rng = random.Random(0)
+    delays = [retry_delay(a, 0.5, 4.0, None, rng) for a in range(8) for _ in range(200)]
+    assert all(0 <= d <= 4.0 for d in delays)
+    first = [retry_delay(0, 0.5, 4.0, None, rng) for _ in range(200)]
+    assert max(first) <= 0.5 and min(first) < 0.1          # attempt 0: uniform(0, base)
+    assert retry_delay(3, 0.5, 4.0, 7.5, rng) == 7.5        # the server's Retry-After
+    assert parse_retry_after("2") == 2.0 and parse_retry_after("0.25") == 0.25
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0   # a date in the past: now
+    assert parse_retry_after("99999") == 300.0
+
+
+def test_base_url_settings_and_char_tokens():
+    assert api_root("http://h:8000") == api_root("http://h:8000/") == api_root("http://h:8000/v1/") == "http://h:8000/v1"
+    assert api_root("https://api.example.com/openai/v1") == "https://api.example.com/openai/v1"
+    with pytest.raises(ValueError, match="model is empty"):
+        ApiSettings(base_url="http://h:8000/v1", model="").check()
+    with pytest.raises(ValueError, match="mode='stream'"):
+        ApiSettings(base_url="http://h:8000/v1", model="m", mode="stream").check()
+    with pytest.raises(ValueError, match="credentials"):
+        ApiSettings(base_url="http://user:secret@h:8000/v1", model="m").check()
+    tok = CharTokens()
+    ids = tok("abcdefghij")["input_ids"]
+    assert len(ids) == 3 and tok.decode(ids[:2]) == "abcdefgh"
+
+
+def test_unknown_backend_lists_the_available_ones_and_the_student_is_hf_only(tmp_path):
+    with pytest.raises(ValueError, match=r"teacher.sampling.backend='vllm'.*available: hf .*; openai "):
+        check_backend("vllm", "teacher.sampling")
+    store = ArtifactStore(tmp_path / "a")
+    cfg = load_config("base", ["teacher.sampling.backend=vllm"])
+    with pytest.raises(ValueError, match="available: hf"):
+        stages.run_sample_teacher(cfg, store, None)
+    cfg = load_config("base", ["student.sampling.backend=openai"])
+    with pytest.raises(ValueError, match="student.sampling.backend='openai' is not supported here; use one of hf"):
+        stages.run_sample_student(cfg, store, None, None)
+
+
+def test_artifact_key_slices():
+    base = load_config("base")
+    # hf: backend and api stay out of the key, so it is what it was before there were backends
+    hf_slice = stages._sampling_slice(load_config("base", ["teacher.sampling.api.model=x"]), "teacher")
+    assert hf_slice == stages._sampling_slice(base, "teacher")
+    assert "backend" not in hf_slice["teacher.sampling"] and "api" not in hf_slice["teacher.sampling"]
+    # openai: the endpoint and served name identify the teacher; throughput knobs do not
+    over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=served"]
+    a = load_config("base", over)
+    b = load_config("base", over + ["teacher.sampling.api.concurrency=64", "teacher.sampling.api.max_retries=1",
+                                    "teacher.sampling.api.api_key_env=OTHER", "teacher.sampling.dtype=float32"])
+    assert stages._sampling_slice(a, "teacher") == stages._sampling_slice(b, "teacher")
+    ident = stages._api_identity(ApiSettings.from_config(a.teacher.sampling.api))
+    assert ident["base_url"] == "http://127.0.0.1:8000/v1" and ident["model"] == "served"
+    other = ApiSettings.from_config(load_config("base", over + ["teacher.sampling.api.base_url=http://h:1"]).teacher.sampling.api)
+    assert stages._api_identity(other) != ident
+
+
+# -- against the real server ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["completions", "chat"])
+def test_completions_and_chat_write_the_shared_schema(tiny, plain_server, client_key, tmp_path, mode):
+    settings = settings_for(plain_server, tiny, mode=mode)
+    before = server_state(plain_server)["requests"]
+    path = f"/v1/{'chat/' if mode == 'chat' else ''}completions"
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        stats = sample_sharded(IDS[:5], PROMPTS[:5], api_generate(settings, n=2), meta(str(tiny)), 7, 2,
+                               tmp_path / run, tmp_path / f"{run}.parquet")
+        assert stats["rows"] == 10 and stats["shards"] == 3
+    table = pq.read_table(tmp_path / "a.parquet")
+    assert table.schema.equals(SAMPLES_SCHEMA)
+    rows = table.to_pylist()
+    assert [(r["id"], r["sample_index"]) for r in rows] == [(i, j) for i in IDS[:5] for j in range(2)]
+    assert any(r["text"] for r in rows) and all(r["backend"] == "openai" for r in rows)
+    assert all(r["finish_reason"] in ("stop", "length") for r in rows)
+    if mode == "completions":  # usage.prompt_tokens: the server's count with the model's own tokenizer
+        tok = load_tokenizer(str(tiny))
+        assert [r["prompt_tokens"] for r in rows] == [len(tok(p)["input_ids"]) for p in PROMPTS[:5] for _ in range(2)]
+    else:  # the chat template wraps the prompt
+        assert all(r["prompt_tokens"] > 10 for r in rows)
+    # the same shard seeds give the same texts (the server seeds each request)
+    assert [r["text"] for r in rows] == [r["text"] for r in pq.read_table(tmp_path / "b.parquet").to_pylist()]
+    assert server_state(plain_server)["requests"].get(path, 0) - before.get(path, 0) == 10   # 5 prompts x 2 runs
+
+
+@pytest.mark.slow
+def test_sample_teacher_over_the_api_sends_the_key_and_never_stores_it(tiny, plain_server, client_key, tmp_path,
+                                                                       caplog):
+    caplog.set_level(logging.DEBUG)
+    over = tiny_overrides(tmp_path, tiny) + [
+        "teacher.model=/nonexistent/never-loaded",  # the api backend loads no model and no tokenizer
+        "teacher.sampling.backend=openai", f"teacher.sampling.api.base_url={plain_server}",
+        f"teacher.sampling.api.model={tiny}", "teacher.sampling.api.api_key_env=PLAD_TEST_KEY",
+        "teacher.sampling.api.backoff_base_s=0.001", "teacher.sampling.shard_size=4",
+        "teacher.prompt.fewshot_k=0", "teacher.prompt.max_tokens=48"]
+    cfg = load_config("base", over)
+    store = ArtifactStore(Path(cfg.artifacts_root))
+    art = stages.run_stage("sample_teacher", cfg, store)
+    rows = pq.read_table(art.file("samples.parquet")).to_pylist()
+    assert len(rows) == 6 and {r["backend"] for r in rows} == {"openai"} and {r["model"] for r in rows} == {str(tiny)}
+    assert all(len(r["prompt"]) <= 48 * 4 for r in rows)                   # truncated by characters
+    assert art.manifest["stats"]["truncated_prompts"] >= 1 and art.manifest["stats"]["backend"] == "openai"
+    teacher = art.manifest["config"]["teacher"]
+    assert teacher["base_url"] == plain_server and teacher["model"] == str(tiny) and teacher["backend"] == "openai"
+    assert server_state(plain_server)["last_authorization"] == f"Bearer {client_key}"
+    # the key is nowhere: not in any file under the artifacts root, not in the log
+    for f in Path(cfg.artifacts_root).rglob("*"):
+        if f.is_file():
+            assert client_key.encode() not in f.read_bytes(), f
+    assert client_key not in caplog.text
+    # reused on a second run
+    assert stages.run_stage("sample_teacher", cfg, store).key == art.key
+
+
+@pytest.mark.slow
+def test_a_wrong_key_fails_at_once_naming_the_url(tiny, plain_server, monkeypatch):
+    monkeypatch.setenv("PLAD_TEST_KEY", "sk-wrong")
+    before = server_state(plain_server)["arrivals"]
+    with pytest.raises(ApiError, match=re.escape(f"{plain_server}/completions: HTTP 401") + ".*not retried"):
+        generate(PROMPTS[:1], settings_for(plain_server, tiny, max_retries=3), max_new_tokens=4)
+    assert server_state(plain_server)["arrivals"] - before == 1
+
+
+@pytest.mark.slow
+def test_429_500_drops_and_timeouts_are_retried_and_rows_are_complete(tiny, plain_server, client_key, tmp_path,
+                                                                      caplog):
+    caplog.set_level(logging.WARNING, logger="plad.sampling.openai")
+    with serve(tiny, tmp_path / "faulty.log", "--faults", "429,500,drop,stall", "--retry-after", "0.2",
+               "--stall-s", "4") as faulty:
+        settings = replace(settings_for(faulty, tiny), timeout_s=2.0, max_retries=4)
+        (tmp_path / "w").mkdir()
+        stats = sample_sharded(IDS, PROMPTS, api_generate(settings), meta(str(tiny)), 3, 3, tmp_path / "w",
+                               tmp_path / "faulty.parquet")
+        state = server_state(faulty)
+    rows = pq.read_table(tmp_path / "faulty.parquet").to_pylist()
+    assert stats["rows"] == 8 and [r["id"] for r in rows] == IDS
+    assert len({(r["id"], r["sample_index"]) for r in rows}) == len(rows)
+    # every injected fault cost one more request, and nothing else did
+    assert state["injected"] == {"429": 1, "500": 1, "drop": 1, "stall": 1}
+    assert state["requests"] == {"/v1/completions": 8 + 4}
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 4
+    assert sum("HTTP 429" in m and "in 0.20s" in m for m in retries) == 1      # Retry-After honoured
+    assert sum("HTTP 500" in m and "in 0.20s" in m for m in retries) == 1
+    assert sum("RemoteProtocolError" in m for m in retries) == 1                # the dropped connection
+    assert sum("ReadTimeout" in m for m in retries) == 1                        # the stall
+    # the retried rows are exactly what an undisturbed server gives for the same seeds
+    (tmp_path / "c").mkdir()
+    sample_sharded(IDS, PROMPTS, api_generate(settings_for(plain_server, tiny)), meta(str(tiny)), 3, 3,
+                   tmp_path / "c", tmp_path / "clean.parquet")
+    assert rows == pq.read_table(tmp_path / "clean.parquet").to_pylist()
+
+
+@pytest.mark.slow
+def test_exhausted_retries_name_the_url_and_the_last_status(tiny, tmp_path):
+    with serve(tiny, tmp_path / "down.log", "--fail-first", "1000", "--fail-status", "503") as down:
+        settings = replace(settings_for(down, tiny), max_retries=2, concurrency=1)
+        with pytest.raises(ApiError) as err:
+            generate(PROMPTS[:1], settings, max_new_tokens=4)
+        assert server_state(down)["arrivals"] == 3
+    message = str(err.value)
+    assert f"{down}/completions" in message and "after 3 attempts" in message and "last: HTTP 503" in message
