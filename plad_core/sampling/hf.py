@@ -20,7 +20,7 @@ class Generation:
     finish_reason: str
 
 
-def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cuts = [text.index(s) for s in stop if s in text]
     return (text[:min(cuts)], True) if cuts else (text, False)
 
@@ -55,7 +55,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                 ids = ids[:ids.index(tokenizer.eos_token_id)]
             while ids and ids[-1] == tokenizer.pad_token_id:
                 ids.pop()
-            text, hit_stop = _cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+            text, hit_stop = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
             text = text.strip()
             results.append(Generation(
                 prompt_index=prompt_index, sample_index=row % n, text=text,

@@ -26,14 +26,15 @@ import random
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
 import httpx
 from tqdm.auto import tqdm
 
-from plad_core.sampling.hf import Generation, _cut_at_stop
+from plad_core.config import ApiConfig
+from plad_core.sampling.hf import Generation, cut_at_stop
 
 log = logging.getLogger("plad.sampling.openai")
 
@@ -65,22 +66,12 @@ def estimate_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
-@dataclass(frozen=True)
-class ApiSettings:
-    """The ``<side>.sampling.api`` config (see ``plad_core.config.ApiConfig``)."""
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    mode: str = "completions"
-    concurrency: int = 8
-    max_retries: int = 5
-    timeout_s: float = 60.0
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 20.0
+class ApiSettings(ApiConfig):
+    """The ``<side>.sampling.api`` config (``plad_core.config.ApiConfig``) with its checks."""
 
     @classmethod
     def from_config(cls, api: Any) -> "ApiSettings":
-        return cls(**{f.name: api[f.name] for f in fields(cls)})
+        return cls(**{f.name: api[f.name] for f in fields(ApiConfig)})
 
     def check(self, where: str = "sampling.api") -> "ApiSettings":
         problems = []
@@ -240,7 +231,7 @@ def _generations(answer: dict[str, Any], prompt_index: int, prompt: str, n: int,
     out = []
     for j, choice in enumerate(choices):
         raw = (choice.get("message") or {}).get("content") if chat else choice.get("text")
-        text, hit_stop = _cut_at_stop(raw or "", stop)  # in case the server ignores `stop`
+        text, hit_stop = cut_at_stop(raw or "", stop)  # in case the server ignores `stop`
         text = text.strip()
         # usage counts all n choices together, so it is exact per sample only for n=1
         tokens = completion_tokens if n == 1 and isinstance(completion_tokens, int) else estimate_tokens(text)
