@@ -171,10 +171,11 @@ class ArtifactStore:
         """Committed, intact artifacts of ``stage`` built from this config and these upstream keys
         (upstreams not named may differ): earlier results a new build can reuse row by row."""
         found = []
+        as_stored = json.loads(json.dumps(config, default=str))  # the form manifests record configs in
         for manifest_path in sorted((self.root / stage).glob("*/" + MANIFEST)):
             manifest = json.loads(manifest_path.read_text())
             same_upstream = all(manifest["upstream"].get(k) == v for k, v in upstream.items())
-            if manifest["config"] == json.loads(json.dumps(config, default=str)) and same_upstream:
+            if manifest["config"] == as_stored and same_upstream:
                 if (artifact := self.get(stage, manifest["key"])) is not None:
                     found.append(artifact)
         return found

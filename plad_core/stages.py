@@ -52,6 +52,11 @@ MODEL_DIR = "model"
 DATA_SLICE = ["data.task", "data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
 
 
+def _key(stage: str, config: dict[str, Any], upstream: list[Artifact]) -> str:
+    """The artifact key ``_materialize`` will commit under (for a build that must name its own folder)."""
+    return artifact_key(stage, VERSIONS[stage], config, {a.stage: a.key for a in upstream})
+
+
 def _materialize(store: ArtifactStore, stage: str, config: dict[str, Any], upstream: list[Artifact],
                  build: Callable[[Path, Path], dict[str, Any]], force: bool) -> Artifact:
     return store.materialize(stage, VERSIONS[stage], config, {a.stage: a.key for a in upstream}, build, force)
@@ -395,7 +400,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
               **({"teacher": _teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
                  if "teacher" in systems else {})}
     upstream = [data, sft, calibrated]
-    key = artifact_key("evaluate", VERSIONS["evaluate"], config, {a.stage: a.key for a in upstream})
+    key = _key("evaluate", config, upstream)
     k = cfg.eval.calibration_samples
     if k == 1 or k < 0:
         raise ValueError(f"eval.calibration_samples={k}: use 0 (off) or at least 2 samples to rank per prompt")
