@@ -25,7 +25,7 @@ from plad_core import evaluate as eval_lib
 from plad_core import models, report, train
 from plad_core.artifacts import Artifact, ArtifactStore, artifact_key, sha256_file
 from plad_core.config import config_slice
-from plad_core.losses import rouge_l_scores
+from plad_core.pair_training import train_on_pairs
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs
 from plad_core.registry import Registry, promotion_decision
 from plad_core.sampling import check_backend, hf, openai_api
@@ -162,11 +162,6 @@ def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, forc
     return _materialize(store, "init_student", config, upstream, build, force)
 
 
-def _optim_kwargs(optim: DictConfig) -> dict[str, Any]:
-    return {k: optim[k] for k in ("lr", "epochs", "max_steps", "grad_accum", "weight_decay", "warmup_steps",
-                                  "schedule", "grad_clip", "bf16", "seed")}
-
-
 def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init: Artifact,
                     force: bool = False) -> Artifact:
     """Supervised fine-tuning on the labeled split; loss on the reference (output) tokens only."""
@@ -179,7 +174,7 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
         items = [train.encode(tokenizer, p, s, cfg.sft.max_seq_len) for p, s in zip(prompts, labeled["reference"])]
         batches = [train.collate(b, tokenizer.pad_token_id) for b in
                    train.length_grouped_batches(items, lambda e: len(e.ids), cfg.sft.batch_size, cfg.sft.seed)]
-        history = train.train_loop(student, batches, train.sft_step(student), **_optim_kwargs(cfg.sft),
+        history = train.train_loop(student, batches, train.sft_step(student), **train.optim_kwargs(cfg.sft),
                                    desc="sft student")
         models.save_model(student, tokenizer, out / MODEL_DIR)
         _write_log(history, out / "train_log.parquet")
@@ -313,25 +308,10 @@ def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: A
         frame = pd.read_parquet(pairs.file("pairs.parquet"))
         if frame.empty:
             raise ValueError(f"{pairs.file('pairs.parquet')}: no pairs to train on")
-        o = cfg.train.optim
-        chosen_score, rejected_score = rouge_l_scores(list(frame["chosen"]), list(frame["rejected"]),
-                                                      list(frame["reference"]))
-        items = [(train.encode(tokenizer, p, c, o.max_seq_len), train.encode(tokenizer, p, r, o.max_seq_len), i)
-                 for i, (p, c, r) in enumerate(zip(frame["prompt"], frame["chosen"], frame["rejected"]))]
-        grouped = train.length_grouped_batches(items, lambda it: max(len(it[0].ids), len(it[1].ids)),
-                                               o.batch_size, o.seed)
-        batches = []
-        for group in grouped:
-            rows = torch.tensor([i for _, _, i in group])
-            batch = train.collate([c for c, _, _ in group] + [r for _, r, _ in group], tokenizer.pad_token_id)
-            batches.append({**batch, "chosen_score": chosen_score[rows], "rejected_score": rejected_score[rows]})
-        step = train.calibration_step(student, cfg.train.loss, cfg.train.beta, cfg.train.gamma, cfg.train.nll_weight)
-        history = train.train_loop(student, batches, step, **_optim_kwargs(o), desc=f"calibrate ({cfg.train.loss})")
+        history, stats = train_on_pairs(student, tokenizer, frame, cfg.train)
         models.save_model(student, tokenizer, out / MODEL_DIR)
         _write_log(history, out / "train_log.parquet")
-        return {"pairs": len(frame), "steps": len(history), "final_loss": history[-1]["loss"],
-                "first_pair_accuracy": history[0]["pair_accuracy"], "last_pair_accuracy": history[-1]["pair_accuracy"],
-                "mean_score_gap": float((chosen_score - rejected_score).mean())}
+        return stats
 
     return _materialize(store, "calibrate", config, [pairs, sft], build, force)
 

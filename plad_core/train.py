@@ -75,6 +75,12 @@ def length_grouped_batches(items: Sequence[Any], length: Callable[[Any], int], b
     return batches
 
 
+def optim_kwargs(optim: Any) -> dict[str, Any]:
+    """The ``train_loop`` keyword arguments held by an ``OptimConfig`` node."""
+    return {k: optim[k] for k in ("lr", "epochs", "max_steps", "grad_accum", "weight_decay", "warmup_steps",
+                                  "schedule", "grad_clip", "bf16", "seed")}
+
+
 StepFn = Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
 
 
