@@ -172,6 +172,7 @@ class PladConfig:
     artifacts_root: str = "data/artifacts"
     cache_dir: str = "data/cache"
     threads: int = 0
+    device: str = "auto"
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)

@@ -98,9 +98,23 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     return tokenizer
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the first CUDA GPU when there is one, else the CPU; otherwise any torch device string."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as err:
+        raise ModelError(f"device '{device}': {err}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device '{device}' asked for, but torch sees no CUDA GPU here (use device=auto or cpu)")
+    return resolved
+
+
 def load_model(spec: str, cache_dir: str | Path, revision: str | None = None, trust_remote_code: bool = False,
-               use_safetensors: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model (float32, eval mode) and tokenizer from an embedded spec, a hub id or a local folder."""
+               use_safetensors: bool = True, device: str = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model (float32, eval mode, on ``device``; see ``resolve_device``) and tokenizer from an embedded
+    spec, a hub id or a local folder."""
     path = resolve_model_path(spec, cache_dir)
     try:
         tokenizer = load_tokenizer(path, revision, trust_remote_code)
@@ -109,7 +123,7 @@ def load_model(spec: str, cache_dir: str | Path, revision: str | None = None, tr
             use_safetensors=use_safetensors, dtype=torch.float32)
     except OSError as err:
         raise ModelError(f"cannot load model '{spec}' (resolved to '{path}'): {err}") from err
-    model.eval()
+    model.to(resolve_device(device)).eval()
     return model, tokenizer
 
 

@@ -80,11 +80,11 @@ def _teacher_identity(cfg: DictConfig) -> dict[str, Any]:
 
 def _load_teacher(cfg: DictConfig):
     t = cfg.teacher
-    return models.load_model(t.model, cfg.cache_dir, t.revision, t.trust_remote_code, t.use_safetensors)
+    return models.load_model(t.model, cfg.cache_dir, t.revision, t.trust_remote_code, t.use_safetensors, cfg.device)
 
 
 def _load_artifact_model(artifact: Artifact, cfg: DictConfig):
-    return models.load_model(str(artifact.file(MODEL_DIR)), cfg.cache_dir)
+    return models.load_model(str(artifact.file(MODEL_DIR)), cfg.cache_dir, device=cfg.device)
 
 
 def _write_log(history: list[dict[str, float]], path: Path) -> None:
@@ -461,7 +461,7 @@ def run_promote(cfg: DictConfig, store: ArtifactStore, data: Artifact, calibrate
         decision = {"promoted": False, "reason": "same model as the champion",
                     "champion_score": entry["challenger_score"]}
     else:
-        model, tokenizer = models.load_model(champion["model_path"], cfg.cache_dir)
+        model, tokenizer = models.load_model(champion["model_path"], cfg.cache_dir, device=cfg.device)
         dev = _rows(data, "dev")
         incumbent = _generate_and_score(model, tokenizer, "champion", dev, data, cfg.student.prompt, cfg).sort_values("id")
         decision = promotion_decision(list(challenger[p.metric]), list(incumbent[p.metric]), p.n_resamples, p.seed)

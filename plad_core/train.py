@@ -56,12 +56,14 @@ def sequence_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) ->
     The LM head runs only on the positions that predict a scored token: with ~300-token prompts
     and ~40-token summaries that skips most of the vocabulary projection.
     """
-    hidden = model.base_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    predicts = batch["score_mask"][:, 1:].bool()
+    device = model.get_output_embeddings().weight.device
+    input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    predicts = batch["score_mask"][:, 1:].bool().to(device)
     rows = torch.nonzero(predicts, as_tuple=True)[0]
     logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()
-    token_logp = -F.cross_entropy(logits, batch["input_ids"][:, 1:][predicts], reduction="none")
-    n_seq = batch["input_ids"].shape[0]
+    token_logp = -F.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="none")
+    n_seq = input_ids.shape[0]
     total = torch.zeros(n_seq, dtype=token_logp.dtype, device=token_logp.device).index_add(0, rows, token_logp)
     return total, predicts.sum(-1)
 

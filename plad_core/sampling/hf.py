@@ -42,7 +42,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     results: list[Generation] = []
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         batch_idx = order[start:start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in batch_idx]}, return_tensors="pt")
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in batch_idx]}, return_tensors="pt").to(model.device)
         out = model.generate(
             **batch, max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
             stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None, **sampling)
