@@ -135,6 +135,7 @@ class TrainConfig:
     beta: float = 1.0
     gamma: float = 0.5
     nll_weight: float = 0.0
+    pair_forward: str = "shared_prefix"
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from plad_core.losses import (cpo_hinge_loss, forward_kl_distillation_loss, margin_calibration_loss, nll_regularizer,
                               ranking_calibration_loss, simpo_loss)
+from plad_core.pair_forward import shared_prefix_logprobs
 
 
 @dataclass
@@ -58,10 +59,11 @@ def sequence_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor]) ->
     """
     device = model.get_output_embeddings().weight.device
     input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     predicts = batch["score_mask"][:, 1:].bool().to(device)
     rows = torch.nonzero(predicts, as_tuple=True)[0]
-    logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()
+    logits = model.get_output_embeddings()(hidden[:, :-1][predicts])
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> float32; float64 stays
     token_logp = -F.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="none")
     n_seq = input_ids.shape[0]
     total = torch.zeros(n_seq, dtype=token_logp.dtype, device=token_logp.device).index_add(0, rows, token_logp)
@@ -153,14 +155,26 @@ PAIR_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+# train.pair_forward: how a pair batch's summed log-probs are computed (both give the same values).
+PAIR_FORWARDS: dict[str, Callable[[PreTrainedModel, dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]] = {
+    "shared_prefix": shared_prefix_logprobs,  # prompt once, its KV cache reused by both completions
+    "concatenated": sequence_logprobs,        # prompt + chosen and prompt + rejected, as TRL does
+}
+
+
 def calibration_step(model: PreTrainedModel, loss: str, beta: float, gamma: float = 0.0,
-                     nll_weight: float = 0.0) -> StepFn:
+                     nll_weight: float = 0.0, pair_forward: str = "concatenated") -> StepFn:
     """One PLaD calibration step on a pair batch (chosen rows first, then rejected, one forward pass):
-    the pair loss ``loss`` on the student's log-likelihoods, plus ``nll_weight`` x NLL(chosen)."""
+    the pair loss ``loss`` on the student's log-likelihoods, plus ``nll_weight`` x NLL(chosen).
+    ``pair_forward`` (``PAIR_FORWARDS``) picks how the log-likelihoods are computed; shared_prefix needs
+    ``pair_training.pair_batches``' prompt/completion tensors."""
+    if pair_forward not in PAIR_FORWARDS:
+        raise ValueError(f"train.pair_forward='{pair_forward}' is not known; choose one of {', '.join(PAIR_FORWARDS)}")
+    logprobs = PAIR_FORWARDS[pair_forward]
     pair_loss = PAIR_LOSSES[loss]
 
     def step(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        total, count = sequence_logprobs(model, batch)
+        total, count = logprobs(model, batch)
         half = total.shape[0] // 2
         mean_logp = total / count.clamp(min=1)
         chosen, rejected = mean_logp[:half], mean_logp[half:]
