@@ -2,23 +2,67 @@
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import set_threads
-from plad_core.stages import RUNNERS
-from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, promote, sample_student,
-                   sample_teacher, sft_student)
+from plad_core.report import results_table
+from plad_core.stages import RUNNERS, check_train_loss, sampling_jobs
+from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, promote, sample_shard,
+                   sample_student, sample_teacher, score_pairs, sft_student)
 
 # Runs started by a deployment's runner leave the root logger at WARNING; plad's stage progress
 # (building / reusing / promotion) is INFO and should reach the Prefect UI there too.
 logging.getLogger("plad").setLevel(logging.INFO)
+
+
+RUNNER_KINDS = ("local", "dask")
+
+
+def dask_task_runner(runner: Any) -> Any:
+    """prefect-dask's DaskTaskRunner for the ``runner`` config: the scheduler at ``runner.address``,
+    or a LocalCluster of ``runner.workers`` processes bound to 127.0.0.1 (its HTTP endpoint on a free
+    port), which the runner starts and stops."""
+    from prefect_dask import DaskTaskRunner  # only runner.kind=dask needs Dask
+    if runner.address:
+        return DaskTaskRunner(address=runner.address)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": runner.workers, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
+
+
+@contextmanager
+def api_for_workers() -> Iterator[None]:
+    """This flow's Prefect API as PREFECT_API_URL while tasks are submitted, so that Dask workers (other
+    processes, which get the settings with each task) report to it. Under an ephemeral API (``plad run``
+    without PREFECT_API_URL) each worker would otherwise start a temporary server of its own."""
+    if PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer  # the flow's own temporary server
+    server = SubprocessASGIServer()
+    server.start()  # already running: the flow run talks to it
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        yield
+
+
+def sample_shards_on_dask(runner: Any, jobs: list) -> None:
+    """Every sampling ShardJob as a ``sample_shard`` task on the Dask cluster; returns when all committed."""
+    logger = get_run_logger()
+    with api_for_workers(), dask_task_runner(runner) as task_runner:
+        logger.info("sampling %d shards on Dask (%s)", len(jobs), runner.address or f"LocalCluster, {runner.workers} workers")
+        futures = [task_runner.submit(sample_shard, parameters={"job": job}) for job in jobs]
+        for future in futures:
+            future.result()  # raises the first shard's error after its retries
 
 
 @flow(name="distill", log_prints=True)
@@ -36,16 +80,27 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
     if unknown:
         raise ValueError(f"force names unknown stages {unknown}; stages: {list(RUNNERS)}")
     rebuild = set(force or [])
+    check_train_loss(cfg)  # before any stage: a bad train.loss would otherwise fail after sampling
+    if cfg.runner.kind not in RUNNER_KINDS:
+        raise ValueError(f"runner.kind='{cfg.runner.kind}' is not one of {', '.join(RUNNER_KINDS)}")
     set_threads(cfg.threads)
     store = ArtifactStore(cfg.artifacts_root)
 
     data = prepare_data(cfg, store, force="prepare_data" in rebuild)
     init = init_student(cfg, store, data, force="init_student" in rebuild)
     sft = sft_student(cfg, store, data, init, force="sft_student" in rebuild)
+    if cfg.runner.kind == "dask":  # the shards run on the cluster; the two stages below then merge them
+        jobs = (sampling_jobs(cfg, store, "sample_teacher", data, force="sample_teacher" in rebuild,
+                              torch_threads=cfg.runner.torch_threads)
+                + sampling_jobs(cfg, store, "sample_student", data, sft, force="sample_student" in rebuild,
+                                torch_threads=cfg.runner.torch_threads))
+        if jobs:
+            sample_shards_on_dask(cfg.runner, jobs)
     teacher_samples = sample_teacher(cfg, store, data, force="sample_teacher" in rebuild)
     student_samples = sample_student(cfg, store, data, sft, force="sample_student" in rebuild)
     pairs = build_pairs(cfg, store, data, teacher_samples, student_samples, force="build_pairs" in rebuild)
-    calibrated = calibrate(cfg, store, pairs, sft, force="calibrate" in rebuild)
+    scores = score_pairs(cfg, store, pairs, sft, force="score_pairs" in rebuild)
+    calibrated = calibrate(cfg, store, pairs, sft, scores, force="calibrate" in rebuild)
     results = evaluate(cfg, store, data, sft, calibrated, force="evaluate" in rebuild)
     decision = promote(cfg, store, data, calibrated, results, str(flow_run.id)) if cfg.promotion.enabled else None
 
@@ -54,8 +109,11 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
     summary = results.file("results.md").read_text()
     create_markdown_artifact(key="distill-results", markdown=summary,
                              description=f"config {cfg.name}: summary of {results.file('report.html')}")
+    table = results_table(json.loads(results.file("metrics.json").read_text()))
+    create_table_artifact(key="distill-results-table", table=[dict(zip(table.header, row)) for row in table.rows],
+                          description=f"config {cfg.name}: dev-split results with 95% CIs")
     get_run_logger().info("results (%s):\n%s", results.file("report.html"), summary)
-    artifacts = {a.stage: str(a.path) for a in (data, init, sft, teacher_samples, student_samples, pairs,
+    artifacts = {a.stage: str(a.path) for a in (data, init, sft, teacher_samples, student_samples, pairs, scores,
                                                  calibrated, results)}
     return {"config": cfg.name, "metrics": results.manifest["stats"]["metrics"], "artifacts": artifacts,
             "promotion": decision}

@@ -1,6 +1,7 @@
 """``plad``: run the flow, run one stage, show the config, inspect pairs.
 
     plad run [--config NAME] [--force STAGE ...] [key=value ...]    the Prefect flow `distill`
+    plad scale [--experiment NAME] [key=value ...]                   the data-scale experiment (flow `distill-scale`)
     plad stage NAME [--config NAME] [--force] [key=value ...]       one stage, plain Python
     plad config show [--config NAME] [key=value ...]                 the merged config as YAML
     plad pairs show [PATH|latest] [-n 5] [--config NAME]             pairs, readably
@@ -46,6 +47,16 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"Promotion: {verdict} ({decision['reason']}); see `plad history --config {args.config}`")
     print(f"Pairs:   {Path(result['artifacts']['build_pairs']) / 'pairs.parquet'}")
     print(f"Report:  {evaluate / 'report.html'}")
+
+
+def cmd_scale(args: argparse.Namespace) -> None:
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "plad")
+    distill_scale = importlib.import_module("flows.scale").distill_scale  # Prefect only for this command
+    result = distill_scale(experiment=args.experiment, overrides=args.overrides)
+    folder = Path(result["artifact"])
+    print(f"\n{(folder / 'summary.md').read_text()}")
+    print(f"Plot:    {folder / 'plots' / 'scale.png'}")
+    print(f"Report:  {folder / 'report.html'}")
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -108,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--force", nargs="*", default=[], metavar="STAGE", help="stages to rebuild")
     run.set_defaults(func=cmd_run)
+
+    scale = commands.add_parser("scale", help="the data-scale experiment: the flow over shares of the unlabeled split")
+    scale.add_argument("--experiment", default="data_scale",
+                       help="experiment name under conf/experiments/ or a YAML path (default: data_scale)")
+    scale.add_argument("overrides", nargs="*", help="dotlist overrides for every run, e.g. train.beta=0.5")
+    scale.set_defaults(func=cmd_scale)
 
     stage = commands.add_parser("stage", help="run one stage (and any missing upstream), without Prefect")
     stage.add_argument("name", choices=list(RUNNERS))

@@ -99,6 +99,8 @@ class OptimConfig:
     max_seq_len: int = 512
     bf16: bool = False
     seed: int = 0
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 25
 
 
 @dataclass
@@ -127,6 +129,14 @@ class StudentConfig:
 @dataclass
 class PairsConfig:
     min_chars: int = 1
+    unlabeled_fraction: float = 1.0
+
+
+@dataclass
+class LaunchConfig:
+    """How calibration runs: in this process, or under ``torchrun`` (``plad_core.launch``)."""
+    nproc: int = 1
+    timeout_s: float = 0.0
 
 
 @dataclass
@@ -135,8 +145,28 @@ class TrainConfig:
     beta: float = 1.0
     gamma: float = 0.5
     nll_weight: float = 0.0
+    kd_divergence: str = "forward_kl"
     pair_forward: str = "shared_prefix"
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval_fraction: float = 0.1
+    eval_max_pairs: int = 64
+    eval_every: int = 25
+    best_metric: str = "eval_loss"
+    best_mode: str = "min"
+    keep: str = "last"
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
+
+
+@dataclass
+class JudgeConfig:
+    """The pairwise judge of the evaluation (``plad_core.judge``)."""
+    enabled: bool = True
+    backend: str = "hf"
+    model: str = "${teacher.model}"
+    prompt: str = "judge/tldr.txt"
+    max_tokens: int = 512
+    rows: int = 0
+    api: ApiConfig = field(default_factory=lambda: ApiConfig(mode="chat"))
 
 
 @dataclass
@@ -156,6 +186,7 @@ class EvalConfig:
     calibration_bins: int = 10
     length_buckets: list[int] = field(default_factory=list)
     report_examples: int = 3
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -165,6 +196,15 @@ class PromotionConfig:
     registry: Optional[str] = None
     n_resamples: int = 1000
     seed: int = 0
+
+
+@dataclass
+class RunnerConfig:
+    """Where the flow runs sampling shards: in its own process, or as Prefect tasks on a Dask cluster."""
+    kind: str = "local"
+    address: Optional[str] = None
+    workers: int = 2
+    torch_threads: int = 1
 
 
 @dataclass
@@ -182,6 +222,7 @@ class PladConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
 
 
 def _valid_keys(schema_cls: Any, dotted: str) -> list[str]:

@@ -1,5 +1,6 @@
 """ROUGE evaluation of generated outputs against human references, with bootstrap CIs, the paired
-PLaD-vs-SFT test, the students' calibration and every metric by reference-length bucket."""
+PLaD-vs-SFT test, the students' calibration, the judge's win rates and every metric by
+reference-length bucket."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pandas as pd
 from rouge_score import rouge_scorer
 
 from plad_core.calibration import evaluate_calibration
+from plad_core.judge import win_rates
 from plad_core.stats import bootstrap_ci, paired_bootstrap
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -99,9 +101,10 @@ def bucket_label(low: Optional[int], high: Optional[int]) -> str:
     return f"{low}–{high} words" if low != high else f"{low} words"
 
 
-def subset_metrics(generations: pd.DataFrame, samples: pd.DataFrame, ids: set[str], n_resamples: int, seed: int,
-                   n_bins: int, with_bins: bool) -> dict[str, Any]:
-    """Every metric on the rows ``ids``: per-system ROUGE and length with CIs, PLaD vs SFT, calibration."""
+def subset_metrics(generations: pd.DataFrame, samples: pd.DataFrame, judgments: Optional[pd.DataFrame], ids: set[str],
+                   n_resamples: int, seed: int, n_bins: int, with_bins: bool) -> dict[str, Any]:
+    """Every metric on the rows ``ids``: per-system ROUGE and length with CIs, PLaD vs SFT, calibration,
+    judge win rates (empty when ``judgments`` is None or holds none of these rows)."""
     rows = generations[generations["id"].isin(ids)]
     systems = {s: system_summary(rows[rows["system"] == s], n_resamples, seed)
                for s in generations["system"].unique()}
@@ -113,12 +116,14 @@ def subset_metrics(generations: pd.DataFrame, samples: pd.DataFrame, ids: set[st
     for s in samples["system"].unique() if len(samples) else []:
         mine = samples[(samples["system"] == s) & samples["id"].isin(ids)]
         calibration[s] = evaluate_calibration(mine, n_bins, n_resamples, seed, with_bins)
-    return {"systems": systems, "paired": paired, "calibration": calibration}
+    judged = judgments[judgments["id"].isin(ids)] if judgments is not None else None
+    judge = win_rates(judged, n_resamples, seed) if judged is not None and len(judged) else {}
+    return {"systems": systems, "paired": paired, "calibration": calibration, "judge": judge}
 
 
 def evaluation_metrics(generations: pd.DataFrame, references: pd.DataFrame, samples: pd.DataFrame,
                        edges: Sequence[int] = (), n_resamples: int = 1000, seed: int = 0,
-                       n_bins: int = 10) -> dict[str, Any]:
+                       n_bins: int = 10, judgments: Optional[pd.DataFrame] = None) -> dict[str, Any]:
     """The content of metrics.json.
 
     Args:
@@ -126,9 +131,11 @@ def evaluation_metrics(generations: pd.DataFrame, references: pd.DataFrame, samp
         references: the dev rows: id, reference.
         samples: the students' scored samples (system, id, sample_index, logp_mean, rougeL); may be empty.
         edges: ``eval.length_buckets``; empty: ``default_length_edges`` of the references.
+        judgments: the judge's verdicts (``plad_core.judge.judge_systems``), or None without a judge.
     Returns:
-        {"settings", "systems", "paired", "calibration", "length_buckets"}: the last holds the edges,
-        how they were chosen and, per bucket, its word range, row count and the same three blocks.
+        {"settings", "systems", "paired", "calibration", "judge", "length_buckets"}: ``judge`` holds
+        ``plad_core.judge.win_rates`` ({} without judgments); ``length_buckets`` the edges, how they
+        were chosen and, per bucket, its word range, row count and the same four blocks.
     """
     words = reference_words(list(references["reference"]))
     rule = "eval.length_buckets" if edges else "default: dev reference tertiles (floor of 33.3rd/66.7th percentiles)"
@@ -138,12 +145,13 @@ def evaluation_metrics(generations: pd.DataFrame, references: pd.DataFrame, samp
     metrics: dict[str, Any] = {
         "settings": {"n_resamples": n_resamples, "seed": seed, "level": 0.95, "calibration_bins": n_bins,
                      "rouge_scale": "F1 x 100", "dev_rows": len(ids)},
-        **subset_metrics(generations, samples, set(ids), n_resamples, seed, n_bins, with_bins=True)}
+        **subset_metrics(generations, samples, judgments, set(ids), n_resamples, seed, n_bins, with_bins=True)}
     buckets = []
     for b, (low, high) in enumerate(bucket_ranges(edges)):
         members = {i for i, k in zip(ids, index) if k == b}
         buckets.append({"name": bucket_label(low, high), "min_words": low, "max_words": high, "n": len(members),
-                        **subset_metrics(generations, samples, members, n_resamples, seed, n_bins, with_bins=False)})
+                        **subset_metrics(generations, samples, judgments, members, n_resamples, seed, n_bins,
+                                         with_bins=False)})
     metrics["length_buckets"] = {"edges": edges, "rule": rule, "unit": "reference words", "buckets": buckets}
     return metrics
 

@@ -6,6 +6,7 @@ labels or teacher internals are needed, only the two texts.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -30,6 +31,12 @@ PAIRS_SCHEMA = pa.schema([
     pa.field("student_top_p", pa.float32(), nullable=False),
     pa.field("student_seed", pa.int64(), nullable=False),
 ])
+
+
+def prompts_used(fraction: float, n: int) -> int:
+    """How many of n unlabeled prompts ``pairs.unlabeled_fraction`` keeps: ceil(fraction * n), rounded
+    first so that float error cannot add one (0.1 * 30 is 3.0000000000000004 in floating point)."""
+    return math.ceil(round(fraction * n, 6))
 
 
 def build_pairs(teacher: pd.DataFrame, student: pd.DataFrame, references: dict[str, str],

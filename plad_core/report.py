@@ -6,7 +6,7 @@ no global pyplot state); report.md links them as ``plots/*.png`` beside it, repo
 same PNG bytes as base64 data URIs and needs nothing else to open.
 
 ``write_report`` also returns the summary markdown: the results table with CIs, the paired test,
-the calibration and per-bucket ROUGE-L lines. The stage writes it as ``results.md``, which the
+the calibration, per-bucket ROUGE-L and the judge's win rates. The stage writes it as ``results.md``, which the
 flow publishes as its Prefect markdown artifact and ``plad run`` prints.
 """
 
@@ -125,13 +125,13 @@ def render_html(blocks: Sequence[Block], title: str) -> str:
 
 # --- plots -------------------------------------------------------------------------------------
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     return buffer.getvalue()
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure  # Agg canvas by default: no display, no pyplot state
     return Figure(figsize=(width, height))
 
@@ -140,7 +140,7 @@ def bucket_plot(metrics: dict[str, Any]) -> bytes:
     """Grouped bars: ROUGE-L per system in each reference-length bucket, with 95% CI whiskers."""
     buckets = metrics["length_buckets"]["buckets"]
     systems = list(metrics["systems"])
-    fig = _figure(7.5, 3.6)
+    fig = new_figure(7.5, 3.6)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(len(systems), 1)
     for j, system in enumerate(systems):
@@ -160,14 +160,14 @@ def bucket_plot(metrics: dict[str, Any]) -> bytes:
     ax.set_title("ROUGE-L by reference length (95% bootstrap CI)")
     ax.legend(frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def reliability_plot(calibration: dict[str, dict[str, Any]]) -> bytes:
     """One reliability diagram per student: observed rate of "above the prompt's median" per
     confidence bin against the diagonal, with the bin counts."""
     students = list(calibration)
-    fig = _figure(4.2 * max(len(students), 1), 4.0)
+    fig = new_figure(4.2 * max(len(students), 1), 4.0)
     for k, system in enumerate(students):
         c = calibration[system]
         ax = fig.add_subplot(1, max(len(students), 1), k + 1)
@@ -189,13 +189,13 @@ def reliability_plot(calibration: dict[str, dict[str, Any]]) -> bytes:
         if k == 0:
             ax.set_ylabel("fraction above prompt median ROUGE-L")
             ax.legend(frameon=False, fontsize=7, loc="upper left")
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def training_plot(train_log: pd.DataFrame) -> bytes:
     """Calibration training curves: loss, pair accuracy and margin per optimizer step."""
     columns = [c for c in ("loss", "pair_accuracy", "margin") if c in train_log.columns]
-    fig = _figure(4.0 * max(len(columns), 1), 3.2)
+    fig = new_figure(4.0 * max(len(columns), 1), 3.2)
     steps = train_log["step"] if "step" in train_log.columns else pd.Series(range(1, len(train_log) + 1))
     for k, column in enumerate(columns):
         ax = fig.add_subplot(1, len(columns), k + 1)
@@ -208,7 +208,7 @@ def training_plot(train_log: pd.DataFrame) -> bytes:
         ax.grid(alpha=0.3)
         if k == 0:
             ax.legend(frameon=False, fontsize=7)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 # --- content -----------------------------------------------------------------------------------
@@ -219,7 +219,7 @@ def _num(value: Optional[float], digits: int = 2, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def _ci(m: Optional[dict[str, Any]], name: str, digits: int = 2) -> str:
+def ci_text(m: Optional[dict[str, Any]], name: str, digits: int = 2) -> str:
     if not m or m.get(name) is None:
         return "–"
     return f"{m[name]:.{digits}f} [{m[name + '_low']:.{digits}f}, {m[name + '_high']:.{digits}f}]"
@@ -258,9 +258,81 @@ CALIBRATION_HEADER = ["student", "Spearman ρ (mean over prompts) [95% CI]", "pr
 def _bucket_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     systems = list(metrics["systems"])
     header = ["bucket (reference words)", "n", *[f"{SYSTEM_LABELS.get(s, s)} ROUGE-L" for s in systems]]
-    rows = [[b["name"], str(b["n"]), *[_ci(b["systems"].get(s), "rougeL") for s in systems]]
+    rows = [[b["name"], str(b["n"]), *[ci_text(b["systems"].get(s), "rougeL") for s in systems]]
             for b in metrics["length_buckets"]["buckets"]]
     return header, rows
+
+
+def _win(w: Optional[dict[str, Any]]) -> str:
+    return "–" if not w else f"{w['win_rate']:.1f} [{w['win_rate_low']:.1f}, {w['win_rate_high']:.1f}]"
+
+
+def _wtl(w: Optional[dict[str, Any]]) -> str:
+    return "–" if not w else f"{w['wins']} / {w['ties']} / {w['losses']}"
+
+
+OPPONENT_LABELS = {"reference": "human reference", "sft": "SFT"}
+
+
+def results_table(metrics: dict[str, Any]) -> Table:
+    """The headline table: ROUGE-1/2/L, mean output tokens and, with a judge, the win rates against
+    the human reference and the SFT student, each with its 95% CI; one row per system."""
+    vs = (metrics.get("judge") or {}).get("vs", {})
+    opponents = [o for o in OPPONENT_LABELS if o in vs]
+    header = ["system", "ROUGE-1", "ROUGE-2", "ROUGE-L", "mean tokens",
+              *[f"win rate vs {OPPONENT_LABELS[o]}" for o in opponents], "n"]
+    rows = [[s, ci_text(m, "rouge1"), ci_text(m, "rouge2"), ci_text(m, "rougeL"), ci_text(m, "mean_output_tokens", 1),
+             *[_win(vs[o].get(s)) for o in opponents], str(m["n"])] for s, m in metrics["systems"].items()]
+    return Table(header, rows)
+
+
+def _judge_blocks(metrics: dict[str, Any]) -> tuple[list[Block], list[Block]]:
+    """(report blocks, summary blocks) of the judge's win rates and its position consistency."""
+    judge, settings = metrics.get("judge"), metrics["settings"].get("judge")
+    if not judge or not settings:
+        note = [Para("Not computed (eval.judge.enabled = false).")]
+        return [Heading("Judge win rate"), *note], []
+    verdict = ("its next-token log-probability of \"A\" vs \"B\" after the prompt" if settings["backend"] == "hf"
+               else "a standalone A or B parsed from its greedy answer")
+    method = Para(
+        f"Judge: {settings['model']} ({settings['backend']}; verdict: {verdict}), prompt conf/{settings['prompt']}, "
+        f"{settings['rows']} dev rows. Each system's output is compared with the human reference and with the SFT "
+        "student's output, twice with the positions swapped: a win when the judge prefers the system in both orders, "
+        "a loss when it prefers the opponent in both, a tie otherwise. Win rate = (wins + ½·ties) / n (x100), with "
+        f"95% bootstrap CIs over rows; W / T / L counts wins, ties and losses.")
+    diagnostics = (f"position consistency {_num(judge['consistency'], 1)}% (pairs whose two verdicts name the same "
+                   f"candidate), position A chosen in {_num(judge['a_rate'], 1)}% of readable verdicts, "
+                   f"{judge['unreadable']} of {judge['judgments']} verdicts unreadable")
+    if str(settings["model"]).startswith("embedded:"):
+        caveat = Para(
+            f"This judge is the embedded teacher, SmolLM2-135M-Instruct: a weak judge. A 135M-parameter model is far "
+            f"too small to judge summaries reliably, and these win rates are not evidence of quality: {diagnostics}. "
+            "Ties from inconsistent verdicts pull every win rate toward 50. Set eval.judge.model to a stronger "
+            "local model, or eval.judge.backend=openai with eval.judge.api, for a judge worth reading.")
+    else:
+        caveat = Para(f"Judge diagnostics: {diagnostics}.")
+    vs = judge["vs"]
+    opponents = [o for o in OPPONENT_LABELS if o in vs]
+    systems = list(metrics["systems"])
+    header = ["system"]
+    for o in opponents:
+        header += [f"vs {OPPONENT_LABELS[o]} [95% CI]", "W / T / L", "consistent %"]
+    rows = []
+    for s in systems:
+        row = [s]
+        for o in opponents:
+            w = vs[o].get(s)
+            row += [_win(w), _wtl(w), _num(w["consistency"], 1) if w else "–"]
+        rows.append(row)
+    table = Table(header, rows)
+    buckets = [[b["name"], s, *[_win(b["judge"]["vs"].get(o, {}).get(s)) for o in opponents]]
+               for b in metrics["length_buckets"]["buckets"] if b.get("judge") for s in systems]
+    report: list[Block] = [Heading("Judge win rate"), method, caveat, table]
+    if buckets:
+        report += [Para("Win rates per reference-length bucket:"),
+                   Table(["bucket", "system", *[f"vs {OPPONENT_LABELS[o]}" for o in opponents]], buckets,
+                         ["l", "l", *["r"] * len(opponents)])]
+    return report, [Para("Judge win rates (x100):"), table, caveat]
 
 
 def _example_ids(references: pd.DataFrame, k: int) -> list[str]:
@@ -288,12 +360,11 @@ def build_blocks(metrics: dict[str, Any], generations: pd.DataFrame, references:
         f"stemming) against the human references. Brackets: 95% percentile-bootstrap CIs over rows "
         f"({n_resamples} resamples, seed {settings['seed']}).")]
 
-    results = [Heading("Results"), Para("ROUGE F1 (x100) and mean output length in tokens, each with its 95% CI.")]
-    results.append(Table(["system", "ROUGE-1", "ROUGE-2", "ROUGE-L", "mean tokens", "n"],
-                         [[s, _ci(m, "rouge1"), _ci(m, "rouge2"), _ci(m, "rougeL"), _ci(m, "mean_output_tokens", 1),
-                           str(m["n"])] for s, m in systems.items()]))
-    report += results
-    summary += [Para("ROUGE F1 (x100) and mean output tokens, with 95% bootstrap CIs:"), results[-1]]
+    table = results_table(metrics)
+    judged = " and the judge's win rates (x100, see Judge win rate)" if len(table.header) > 6 else ""
+    report += [Heading("Results"), Para(f"ROUGE F1 (x100), mean output length in tokens{judged}, each with its "
+                                        "95% CI."), table]
+    summary += [Para(f"ROUGE F1 (x100), mean output tokens{judged}, with 95% bootstrap CIs:"), table]
 
     paired_line = _paired_sentence(paired, n_resamples)
     report += [Heading("PLaD vs SFT (paired bootstrap)"), Para(
@@ -314,8 +385,8 @@ def build_blocks(metrics: dict[str, Any], generations: pd.DataFrame, references:
     detail = []
     for b in buckets["buckets"]:
         for s, m in b["systems"].items():
-            detail.append([b["name"], SYSTEM_LABELS.get(s, s), str(m["n"]), _ci(m, "rouge1"), _ci(m, "rouge2"),
-                           _ci(m, "rougeL"), _ci(m, "mean_output_tokens", 1)])
+            detail.append([b["name"], SYSTEM_LABELS.get(s, s), str(m["n"]), ci_text(m, "rouge1"), ci_text(m, "rouge2"),
+                           ci_text(m, "rougeL"), ci_text(m, "mean_output_tokens", 1)])
     report += [Para("Every headline metric per bucket:"),
                Table(["bucket", "system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "mean tokens"], detail,
                      ["l", "l", "r", "r", "r", "r", "r"])]
@@ -355,6 +426,10 @@ def build_blocks(metrics: dict[str, Any], generations: pd.DataFrame, references:
                     Table(CALIBRATION_HEADER, _calibration_rows(calibration))]
     else:
         report.append(Para("Not computed (eval.calibration_samples = 0, or no student among eval.systems)."))
+
+    judge_report, judge_summary = _judge_blocks(metrics)
+    report += judge_report
+    summary += judge_summary
 
     report.append(Heading("Training curves (calibrate)"))
     if train_log is not None and len(train_log):
@@ -406,11 +481,16 @@ def write_report(out: Path, metrics: dict[str, Any], generations: pd.DataFrame, 
         provenance: {"keys": {stage: key}, "config": the evaluate config slice, "report_path": str}.
     """
     report, summary = build_blocks(metrics, generations, references, train_log, provenance, title, n_examples)
+    write_pages(out, report, title)
+    return render_markdown(summary)
+
+
+def write_pages(out: Path, blocks: Sequence[Block], title: str) -> None:
+    """``report.md`` with its images in ``plots/``, and the self-contained ``report.html``, in ``out``."""
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
-    for block in report:
+    for block in blocks:
         if isinstance(block, Image):
             (plots / block.name).write_bytes(block.png)
-    (out / "report.md").write_text(render_markdown(report))
-    (out / "report.html").write_text(render_html(report, title))
-    return render_markdown(summary)
+    (out / "report.md").write_text(render_markdown(blocks))
+    (out / "report.html").write_text(render_html(blocks, title))

@@ -8,9 +8,11 @@ for plain Python callers and ``plad stage``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,14 +24,17 @@ from omegaconf import DictConfig
 
 from plad_core import data as data_lib
 from plad_core import evaluate as eval_lib
-from plad_core import models, report, train
+from plad_core import calibrate_worker, models, parallel, report, scoring, train
+from plad_core import judge as judge_lib
 from plad_core.artifacts import Artifact, ArtifactStore, artifact_key, sha256_file
 from plad_core.config import config_slice
-from plad_core.pair_training import train_on_pairs
-from plad_core.pairs import PAIRS_SCHEMA, build_pairs
+from plad_core.pair_training import encode_pairs, train_on_pairs
+from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
+from plad_core.progress import ProgressCallback, Steps
 from plad_core.registry import Registry, promotion_decision
 from plad_core.sampling import check_backend, hf, openai_api
-from plad_core.sampling.shards import sample_sharded
+from plad_core.sampling.samplers import SamplerSpec, ShardJob, lazy_sampler
+from plad_core.sampling.shards import plan_shards, sample_sharded
 
 log = logging.getLogger("plad.stages")
 
@@ -40,13 +45,14 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
     "sample_teacher": ("prepare_data",),
     "sample_student": ("prepare_data", "sft_student"),
     "build_pairs": ("prepare_data", "sample_teacher", "sample_student"),
-    "calibrate": ("build_pairs", "sft_student"),
+    "score_pairs": ("build_pairs", "sft_student"),
+    "calibrate": ("build_pairs", "sft_student", "score_pairs"),
     "evaluate": ("prepare_data", "sft_student", "calibrate"),
 }
 
 # Bump a stage's version when its code changes what it produces: its artifacts and all downstream ones rebuild.
 VERSIONS = {name: 1 for name in DEPENDENCIES}
-VERSIONS["evaluate"] = 2  # v2: bootstrap CIs, paired test, calibration, length buckets, report.html
+VERSIONS["evaluate"] = 3  # v2: bootstrap CIs, paired test, calibration, length buckets, report.html; v3: judge win rates
 
 MODEL_DIR = "model"
 DATA_SLICE = ["data.task", "data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
@@ -89,6 +95,20 @@ def _load_artifact_model(artifact: Artifact, cfg: DictConfig):
 
 def _write_log(history: list[dict[str, float]], path: Path) -> None:
     pd.DataFrame(history).to_parquet(path, index=False)
+
+
+CHECKPOINTS = "checkpoints"  # train_loop's folder in a stage's work dir, which survives a crash (exact resume)
+# How a model is trained, not which model: exact resume, recomputed activations, and the number of
+# ranks (the same global batches; tests/test_ddp.py holds them to 1e-5). Left out of artifact keys,
+# as _sampling_slice leaves out sampling's speed knobs, so turning them on rebuilds nothing.
+TRAINING_MECHANICS = ("checkpoint_every", "gradient_checkpointing", "launch")
+
+
+def _training_slice(cfg: DictConfig, paths: list[str]) -> dict[str, Any]:
+    """``config_slice`` without the ``TRAINING_MECHANICS`` keys, at any depth."""
+    def strip(node: Any) -> Any:
+        return {k: strip(v) for k, v in node.items() if k not in TRAINING_MECHANICS} if isinstance(node, dict) else node
+    return strip(config_slice(cfg, paths))
 
 
 def run_prepare_data(cfg: DictConfig, store: ArtifactStore, force: bool = False) -> Artifact:
@@ -165,7 +185,7 @@ def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, forc
 def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init: Artifact,
                     force: bool = False) -> Artifact:
     """Supervised fine-tuning on the labeled split; loss on the reference (output) tokens only."""
-    config = config_slice(cfg, ["sft", "student.prompt"])
+    config = _training_slice(cfg, ["sft", "student.prompt"])
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         student, tokenizer = _load_artifact_model(init, cfg)
@@ -175,7 +195,7 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
         batches = [train.collate(b, tokenizer.pad_token_id) for b in
                    train.length_grouped_batches(items, lambda e: len(e.ids), cfg.sft.batch_size, cfg.sft.seed)]
         history = train.train_loop(student, batches, train.sft_step(student), **train.optim_kwargs(cfg.sft),
-                                   desc="sft student")
+                                   checkpoint_dir=work / CHECKPOINTS, desc="sft student")
         models.save_model(student, tokenizer, out / MODEL_DIR)
         _write_log(history, out / "train_log.parquet")
         return {"examples": len(items), "truncated_prompts": truncated, "steps": len(history),
@@ -184,18 +204,22 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
     return _materialize(store, "sft_student", config, [data, init], build, force)
 
 
-def _sampling_slice(cfg: DictConfig, side: str) -> dict[str, Any]:
-    """``<side>.prompt`` and ``<side>.sampling`` as they enter the sampling artifact's key.
+def _sampling_slice(cfg: DictConfig, side: str, backend: str) -> dict[str, Any]:
+    """``<side>.prompt`` and ``<side>.sampling`` as they enter the sampling artifact's key, for the
+    resolved ``backend`` (``auto`` is keyed by what it resolved to).
 
-    With the hf backend, ``backend`` and ``api`` are left out (hf keys are what they were before
-    there were backends). With openai, the endpoint's identity is in the key's ``teacher`` entry;
-    dtype, batch_size and the api's throughput and retry knobs change how fast, not what, so they are out.
+    With hf, ``backend`` and ``api`` are left out (hf keys are what they were before there were
+    backends). With vllm, ``backend: vllm`` is in and ``batch_size`` (hf's batching) out. With
+    openai, the endpoint's identity is in the key's ``teacher`` entry; dtype, batch_size and the
+    api's throughput and retry knobs change how fast, not what, so they are out.
     """
     out = config_slice(cfg, [f"{side}.prompt", f"{side}.sampling"])
     sampling = dict(out[f"{side}.sampling"])
-    backend = sampling.pop("backend")
+    sampling.pop("backend")
     sampling.pop("api")
-    if backend != "hf":
+    if backend == "vllm":
+        sampling = {**{k: v for k, v in sampling.items() if k != "batch_size"}, "backend": "vllm"}
+    elif backend == "openai":
         sampling = {k: v for k, v in sampling.items() if k not in ("dtype", "batch_size")}
     out[f"{side}.sampling"] = sampling
     return out
@@ -207,113 +231,264 @@ def _api_identity(api: openai_api.ApiSettings) -> dict[str, Any]:
             "mode": api.mode, "prompt_truncation": f"{openai_api.CHARS_PER_TOKEN} characters per token"}
 
 
-def _hf_sampler(sp: DictConfig, model: Any, tokenizer: Any, desc: str) -> Callable[[list[str], int], list[hf.Generation]]:
-    models.cast(model, sp.dtype)
-
-    def generate(batch_prompts: list[str], seed: int) -> list[hf.Generation]:
-        return hf.generate(model, tokenizer, batch_prompts, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
-                           max_new_tokens=sp.max_new_tokens, batch_size=sp.batch_size, seed=seed, stop=list(sp.stop),
-                           desc=desc)
-    return generate
+SAMPLING_SIDES = {"sample_teacher": "teacher", "sample_student": "student"}
+STUDENT_BACKENDS = ("auto", "hf", "vllm")  # the student is a local artifact: no API
 
 
-def _api_sampler(sp: DictConfig, api: openai_api.ApiSettings, desc: str) -> Callable[[list[str], int], list[hf.Generation]]:
-    def generate(batch_prompts: list[str], seed: int) -> list[hf.Generation]:
-        return openai_api.generate(batch_prompts, api, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
-                                   max_new_tokens=sp.max_new_tokens, seed=seed, stop=list(sp.stop), desc=desc)
-    return generate
+@dataclass(frozen=True)
+class _Sampling:
+    """A sampling stage's inputs, known before any model is loaded: its key, sampler and row label."""
+    stage: str
+    config: dict[str, Any]
+    upstream: tuple[Artifact, ...]
+    spec: SamplerSpec
+    label: str                   # the samples' ``model`` column
 
 
-def _sample(side: DictConfig, tokenizer: Any, generate: Callable[[list[str], int], list[hf.Generation]],
-            backend: str, model_name: str, data: Artifact, earlier: list[Artifact], out: Path,
-            work: Path) -> dict[str, Any]:
+def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None = None) -> _Sampling:
+    side = SAMPLING_SIDES[stage]
+    sp = cfg[side].sampling
+    where = f"{side}.sampling"
+    api = None
+    if side == "teacher":
+        backend = check_backend(sp.backend, where)
+        if backend == "openai":
+            api = openai_api.ApiSettings.from_config(sp.api).check(f"{where}.api")
+        t = cfg.teacher
+        load = {"model": api.model if api else models.resolve_model_path(t.model, cfg.cache_dir),
+                "revision": t.revision, "trust_remote_code": t.trust_remote_code, "use_safetensors": t.use_safetensors}
+        config = {"teacher": _api_identity(api) if api else _teacher_identity(cfg), **_sampling_slice(cfg, side, backend)}
+        upstream, label = (data,), api.model if api else t.model
+    else:
+        backend = check_backend(sp.backend, where, STUDENT_BACKENDS,
+                                "the student is the sft_student artifact, built by this pipeline and sampled in-process")
+        load = {"model": str(sft.file(MODEL_DIR).resolve())}
+        config = _sampling_slice(cfg, side, backend)
+        upstream, label = (data, sft), f"sft_student:{sft.key}"
+    spec = SamplerSpec(backend=backend, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
+                       max_new_tokens=sp.max_new_tokens, stop=tuple(sp.stop), dtype=sp.dtype, batch_size=sp.batch_size,
+                       seed=sp.seed, cache_dir=str(Path(cfg.cache_dir).resolve()), device=cfg.device,
+                       api=tuple(dataclasses.asdict(api).items()) if api else None, desc=f"sample {label}", **load)
+    return _Sampling(stage, config, upstream, spec, label)
+
+
+def _sampling_inputs(cfg: DictConfig, store: ArtifactStore, s: _Sampling) -> dict[str, Any]:
+    """``sample_sharded``'s arguments but the generate function and folders: ids, prompts, the
+    samples' constant columns (meta), seed, shard_size and earlier samples of this model and
+    settings; plus the count of truncated prompts. Loads a tokenizer, not the model."""
+    side, data = SAMPLING_SIDES[s.stage], s.upstream[0]
+    sp = cfg[side].sampling
+    tokenizer = (openai_api.CharTokens() if s.spec.backend == "openai"
+                 else models.load_tokenizer(s.spec.model, s.spec.revision, s.spec.trust_remote_code))
     rows = _rows(data, "unlabeled")
-    prompts, truncated = _prompts(rows, data, side.prompt, tokenizer)
-    sp = side.sampling
-    meta = {"backend": backend, "model": model_name, "temperature": sp.temperature, "top_p": sp.top_p,
+    prompts, truncated = _prompts(rows, data, cfg[side].prompt, tokenizer)
+    earlier = store.find(s.stage, s.config, {a.stage: a.key for a in s.upstream[1:]})
+    meta = {"backend": s.spec.backend, "model": s.label, "temperature": sp.temperature, "top_p": sp.top_p,
             "max_new_tokens": sp.max_new_tokens}
-    previous = pd.concat([pd.read_parquet(a.file("samples.parquet")) for a in earlier]) if earlier else None
-    stats = sample_sharded(list(rows["id"]), prompts, generate, meta, sp.seed, sp.shard_size, work,
-                           out / "samples.parquet", previous)
-    return {**stats, "truncated_prompts": truncated, "backend": backend}
+    return {"ids": list(rows["id"]), "prompts": prompts, "meta": meta, "seed": sp.seed, "shard_size": sp.shard_size,
+            "earlier": pd.concat([pd.read_parquet(a.file("samples.parquet")) for a in earlier]) if earlier else None,
+            "truncated": truncated}
+
+
+def _run_sampling(cfg: DictConfig, store: ArtifactStore, s: _Sampling, force: bool) -> Artifact:
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        inputs = _sampling_inputs(cfg, store, s)
+        truncated = inputs.pop("truncated")
+        # the model loads at the first shard not yet committed: none when every shard ran elsewhere (Dask)
+        stats = sample_sharded(generate_fn=lazy_sampler(s.spec), work_dir=work, out_path=out / "samples.parquet",
+                               **inputs)
+        return {**stats, "truncated_prompts": truncated, "backend": s.spec.backend}
+
+    return _materialize(store, s.stage, s.config, list(s.upstream), build, force)
+
+
+def sampling_jobs(cfg: DictConfig, store: ArtifactStore, stage: str, data: Artifact, sft: Artifact | None = None,
+                  force: bool = False, torch_threads: int = 0) -> list[ShardJob]:
+    """The shards of ``stage`` (sample_teacher or sample_student) that are not committed yet, as jobs
+    another process can run (``samplers.run_shard_job``); none when the artifact exists (unless
+    ``force``). Running them all and then ``run_<stage>`` with the same arguments commits the
+    artifact from the shards, exactly as if the stage had sampled them itself."""
+    s = _sampling(cfg, stage, data, sft)
+    key = _key(stage, s.config, list(s.upstream))
+    if not force and store.get(stage, key) is not None:
+        return []
+    work = store.work_dir(stage, key).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    inputs = _sampling_inputs(cfg, store, s)
+    plan = plan_shards(inputs["ids"], inputs["prompts"], inputs["seed"], inputs["shard_size"], inputs["earlier"])
+    return [ShardJob(s.spec, shard, tuple(inputs["meta"].items()), str(work), torch_threads)
+            for shard in plan.shards if not shard.path(work).is_file()]
 
 
 def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, force: bool = False) -> Artifact:
     """Teacher outputs y_T for every unlabeled prompt (``samples.parquet``), sharded and resumable.
 
-    ``teacher.sampling.backend``: hf loads ``teacher.model`` here; openai samples an OpenAI-compatible
-    endpoint (``teacher.sampling.api``) and loads nothing, not even a tokenizer: prompts are
-    truncated to ``prompt.max_tokens`` units of ``openai_api.CHARS_PER_TOKEN`` characters.
+    ``teacher.sampling.backend``: hf and vllm load ``teacher.model`` here (auto: vllm when installed);
+    openai samples an OpenAI-compatible endpoint (``teacher.sampling.api``) and loads nothing, not
+    even a tokenizer: prompts are truncated to ``prompt.max_tokens`` units of
+    ``openai_api.CHARS_PER_TOKEN`` characters. Shards already committed (a killed run, or
+    ``sampling_jobs`` run elsewhere) are kept.
     """
-    sp = cfg.teacher.sampling
-    backend = check_backend(sp.backend, "teacher.sampling")
-    api = openai_api.ApiSettings.from_config(sp.api).check("teacher.sampling.api") if backend == "openai" else None
-    config = {"teacher": _api_identity(api) if api else _teacher_identity(cfg), **_sampling_slice(cfg, "teacher")}
-
-    def build(out: Path, work: Path) -> dict[str, Any]:
-        earlier = store.find("sample_teacher", config, {})
-        if api is not None:
-            return _sample(cfg.teacher, openai_api.CharTokens(), _api_sampler(sp, api, f"sample {api.model}"),
-                           backend, api.model, data, earlier, out, work)
-        model, tokenizer = _load_teacher(cfg)
-        return _sample(cfg.teacher, tokenizer, _hf_sampler(sp, model, tokenizer, f"sample {cfg.teacher.model}"),
-                       backend, cfg.teacher.model, data, earlier, out, work)
-
-    return _materialize(store, "sample_teacher", config, [data], build, force)
+    return _run_sampling(cfg, store, _sampling(cfg, "sample_teacher", data), force)
 
 
 def run_sample_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact,
                        force: bool = False) -> Artifact:
-    """SFT-student outputs y_S for every unlabeled prompt (``samples.parquet``), sharded and resumable."""
-    check_backend(cfg.student.sampling.backend, "student.sampling", ("hf",),
-                  "the student is the sft_student artifact, built by this pipeline and sampled in-process")
-    config = _sampling_slice(cfg, "student")
-
-    def build(out: Path, work: Path) -> dict[str, Any]:
-        model, tokenizer = _load_artifact_model(sft, cfg)
-        earlier = store.find("sample_student", config, {"sft_student": sft.key})
-        name = f"sft_student:{sft.key}"
-        return _sample(cfg.student, tokenizer, _hf_sampler(cfg.student.sampling, model, tokenizer, f"sample {name}"),
-                       "hf", name, data, earlier, out, work)
-
-    return _materialize(store, "sample_student", config, [data, sft], build, force)
+    """SFT-student outputs y_S for every unlabeled prompt (``samples.parquet``), sharded and resumable
+    (``student.sampling.backend``: hf, vllm or auto)."""
+    return _run_sampling(cfg, store, _sampling(cfg, "sample_student", data, sft), force)
 
 
 def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teacher_samples: Artifact,
                     student_samples: Artifact, force: bool = False) -> Artifact:
-    """Pseudo-preference pairs (chosen = teacher text, rejected = student text) in ``pairs.parquet``."""
+    """Pseudo-preference pairs (chosen = teacher text, rejected = student text) in ``pairs.parquet``,
+    from the first ceil(``pairs.unlabeled_fraction`` x n) unlabeled prompts (split order)."""
+    fraction = cfg.pairs.unlabeled_fraction
+    if not 0 < fraction <= 1:
+        raise ValueError(f"pairs.unlabeled_fraction={fraction} must be in (0, 1]")
     config = config_slice(cfg, ["pairs"])
+    if fraction == 1:  # the key of a build over every prompt is what it was before fractions existed
+        config["pairs"].pop("unlabeled_fraction")
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         unlabeled = _rows(data, "unlabeled")
-        pairs, stats = build_pairs(pd.read_parquet(teacher_samples.file("samples.parquet")),
-                                   pd.read_parquet(student_samples.file("samples.parquet")),
+        unlabeled = unlabeled.head(prompts_used(fraction, len(unlabeled)))
+        used = set(unlabeled["id"])
+        teacher, student = (pd.read_parquet(a.file("samples.parquet")) for a in (teacher_samples, student_samples))
+        pairs, stats = build_pairs(teacher[teacher["id"].isin(used)], student[student["id"].isin(used)],
                                    dict(zip(unlabeled["id"], unlabeled["reference"])), cfg.pairs.min_chars)
         pq.write_table(pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False), out / "pairs.parquet")
-        return {**stats, "rows": len(pairs)}
+        return {**stats, "rows": len(pairs), "unlabeled_prompts": len(unlabeled)}
 
     return _materialize(store, "build_pairs", config, [data, teacher_samples, student_samples], build, force)
 
 
-def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,
-                  force: bool = False) -> Artifact:
-    """PLaD calibration of the SFT student on the pairs (``train.loss``: ranking, margin, simpo, cpo_hinge)."""
-    config = config_slice(cfg, ["train"])
-    if cfg.train.loss not in train.PAIR_LOSSES:
-        raise ValueError(f"train.loss='{cfg.train.loss}' is not available; choose one of "
-                         f"{sorted(train.PAIR_LOSSES)} (dpo, ipo and dpkd need reference log-probs, not wired yet)")
+# What dpkd and token_kd read from the teacher beyond its text; the other losses need only y_T.
+TEACHER_NEEDS = {"dpkd": "sequence log-probs of y_T and y_S (scored once by the score_pairs stage)",
+                 "token_kd": "next-token distributions (the teacher runs next to the student in calibrate)"}
+
+
+def _text_only_losses() -> str:
+    return ", ".join(name for name in train.LOSS_NAMES if name not in TEACHER_NEEDS)
+
+
+def check_train_loss(cfg: DictConfig) -> None:
+    """Fail fast on a ``train.loss`` this config cannot train: an unknown name (or ``train.kd_divergence``),
+    or dpkd / token_kd with a teacher behind an API, whose log-probs are not available."""
+    loss, backend = cfg.train.loss, cfg.teacher.sampling.backend
+    train.check_loss(loss, cfg.train.kd_divergence)
+    if loss in TEACHER_NEEDS and backend != "hf":
+        raise ValueError(f"train.loss={loss} needs the teacher's {TEACHER_NEEDS[loss]}, but "
+                         f"teacher.sampling.backend={backend} gives only its text: set teacher.sampling.backend=hf "
+                         f"with teacher.model a local or hub model that shares the student's tokenizer, or choose a "
+                         f"loss that needs only the teacher's text ({_text_only_losses()})")
+
+
+def _check_teacher_tokenizer(cfg: DictConfig, student_tokenizer: Any) -> None:
+    """dpkd and token_kd feed the student's token ids to the teacher: the two must share a tokenizer."""
+    t = cfg.teacher
+    teacher_tokenizer = models.load_tokenizer(models.resolve_model_path(t.model, cfg.cache_dir), t.revision,
+                                              t.trust_remote_code)
+    why = models.vocabulary_mismatch(student_tokenizer, teacher_tokenizer)
+    if why:
+        student = f"student.model={cfg.student.model}" if cfg.student.model else "the student"
+        raise ValueError(f"train.loss={cfg.train.loss} needs the teacher's {TEACHER_NEEDS[cfg.train.loss]} on the "
+                         f"student's tokens, but teacher.model={t.model} and {student} do not share a tokenizer: "
+                         f"{why}. Set teacher.model / student.model to models with one tokenizer, or choose a loss "
+                         f"that needs only the teacher's text ({_text_only_losses()})")
+
+
+def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,
+                    force: bool = False) -> Artifact:
+    """Per-pair scores under frozen models, computed once (``scores.parquet``, ``scoring.SCORES_SCHEMA``,
+    one row per pair, joined to pairs.parquet on id and sample_index): the scored token counts of y_T and
+    y_S always; their summed log-probs under the SFT student (the reference policy) when ``train.loss``
+    is dpo or ipo, under the teacher when it is dpkd (the teacher must share the student's tokenizer).
+
+    Always in the DAG, but it loads a model only for those losses; for the others it only tokenizes the
+    pairs (under a second). The key holds what it computes, not the loss name, so losses that need the
+    same scores share one artifact and a change of beta or loss leaves it alone.
+    """
+    check_train_loss(cfg)
+    o = cfg.train.optim
+    scorers = list(train.STORED_SCORERS.get(cfg.train.loss, ()))
+    config: dict[str, Any] = {"train.optim.max_seq_len": o.max_seq_len, "scorers": scorers}
+    if scorers:
+        config["train.optim.bf16"] = o.bf16  # scored in the precision training runs in
+    if "teacher" in scorers:
+        config["teacher"] = _teacher_identity(cfg)
 
     def build(out: Path, work: Path) -> dict[str, Any]:
-        student, tokenizer = _load_artifact_model(sft, cfg)
+        tokenizer = models.load_tokenizer(str(sft.file(MODEL_DIR)))
+        if "teacher" in scorers:
+            _check_teacher_tokenizer(cfg, tokenizer)
         frame = pd.read_parquet(pairs.file("pairs.parquet"))
-        if frame.empty:
-            raise ValueError(f"{pairs.file('pairs.parquet')}: no pairs to train on")
-        history, stats = train_on_pairs(student, tokenizer, frame, cfg.train)
-        models.save_model(student, tokenizer, out / MODEL_DIR)
-        _write_log(history, out / "train_log.parquet")
+        loaders = {"reference": lambda: _load_artifact_model(sft, cfg)[0], "teacher": lambda: _load_teacher(cfg)[0]}
+        frozen = {name: loaders[name]() for name in scorers}
+        scores = scoring.score_pairs(frame, encode_pairs(frame, tokenizer, o.max_seq_len), tokenizer.pad_token_id,
+                                     frozen, 2 * o.batch_size, o.bf16)
+        pq.write_table(pa.Table.from_pandas(scores, schema=scoring.SCORES_SCHEMA, preserve_index=False),
+                       out / "scores.parquet")
+        stats: dict[str, Any] = {"rows": len(scores), "scorers": scorers}
+        for name in scorers:
+            chosen, rejected = train.stored_columns(name)
+            stats[f"{name}_logp_per_token"] = {
+                "chosen": float(scores[chosen].sum() / scores["chosen_scored_tokens"].sum()),
+                "rejected": float(scores[rejected].sum() / scores["rejected_scored_tokens"].sum())}
         return stats
 
-    return _materialize(store, "calibrate", config, [pairs, sft], build, force)
+    return _materialize(store, "score_pairs", config, [pairs, sft], build, force)
+
+
+def _pairs_with_scores(pairs: Artifact, scores: Artifact) -> pd.DataFrame:
+    """pairs.parquet joined with the score_pairs columns, one row per pair."""
+    frame = pd.read_parquet(pairs.file("pairs.parquet"))
+    if frame.empty:
+        raise ValueError(f"{pairs.file('pairs.parquet')}: no pairs to train on")
+    stored = pd.read_parquet(scores.file("scores.parquet"))
+    joined = frame.merge(stored, on=["id", "sample_index"], how="left", validate="one_to_one")
+    if len(stored) != len(frame) or joined["chosen_scored_tokens"].isna().any():
+        raise ValueError(f"{scores.file('scores.parquet')} does not hold exactly one row per pair of "
+                         f"{pairs.file('pairs.parquet')}")
+    return joined
+
+
+def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact, scores: Artifact,
+                  force: bool = False) -> Artifact:
+    """Training of the SFT student on the pairs with ``train.loss`` (``train.LOSS_NAMES``; conf/base.yaml
+    gives each one's equation): the PLaD calibration losses, the preference baselines (reading the
+    score_pairs columns they need) and the SeqKD / token-KD baselines (token_kd loads the teacher here)."""
+    check_train_loss(cfg)
+    token_kd = cfg.train.loss == "token_kd"
+    config = {**_training_slice(cfg, ["train"]), **({"teacher": _teacher_identity(cfg)} if token_kd else {})}
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        frame = _pairs_with_scores(pairs, scores)
+        if cfg.train.launch.nproc > 1:
+            return calibrate_worker.run(cfg, frame, sft.file(MODEL_DIR), out, work, log)
+        return calibrate_student(cfg, frame, sft.file(MODEL_DIR), out, work)
+
+    return _materialize(store, "calibrate", config, [pairs, sft, scores], build, force)
+
+
+def calibrate_student(cfg: DictConfig, frame: pd.DataFrame, student_dir: Path, out: Path, work: Path) -> dict[str, Any]:
+    """``run_calibrate``'s training, in this process or as one rank under torchrun (``calibrate_worker``):
+    the student from ``student_dir`` trained on ``frame``, resuming from ``work/checkpoints``; rank 0
+    writes ``model/`` and ``train_log.parquet`` into ``out``. Returns the training stats."""
+    student, tokenizer = models.load_model(str(student_dir), cfg.cache_dir, device=cfg.device)
+    teacher = None
+    if cfg.train.loss == "token_kd":
+        _check_teacher_tokenizer(cfg, tokenizer)
+        teacher = _load_teacher(cfg)[0].requires_grad_(False)
+        sizes = [m.get_output_embeddings().weight.shape[0] for m in (student, teacher)]
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"train.loss=token_kd compares next-token distributions, but the student's LM head "
+                             f"has {sizes[0]} outputs and teacher.model={cfg.teacher.model}'s {sizes[1]}")
+    history, stats = train_on_pairs(student, tokenizer, frame, cfg.train, teacher, work / CHECKPOINTS)
+    if parallel.ranks().rank == 0:
+        models.save_model(student, tokenizer, out / MODEL_DIR)
+        _write_log(history, out / "train_log.parquet")
+    return stats
 
 
 def _generate_and_score(model: Any, tokenizer: Any, system: str, dev: pd.DataFrame, data: Artifact,
@@ -366,19 +541,55 @@ def _calibration_samples(model: Any, tokenizer: Any, system: str, dev: pd.DataFr
                          "rougeL": list(quality)})
 
 
+def _judge_prompt(cfg: DictConfig) -> judge_lib.JudgePrompt:
+    spec = data_lib.task_spec(cfg.data.task)
+    return judge_lib.JudgePrompt.load(judge_lib.prompt_path(cfg.eval.judge.prompt), spec.fields)
+
+
+def _judge_identity(cfg: DictConfig) -> dict[str, Any]:
+    """``eval.judge`` as it enters evaluate's key: the judge model's identity (its weights, or an
+    endpoint's address and served name), the prompt file's text, and what changes the verdicts."""
+    j = cfg.eval.judge
+    if not j.enabled:
+        return {"enabled": False}
+    if j.backend == "openai":
+        model = _api_identity(openai_api.ApiSettings.from_config(j.api).check("eval.judge.api"))
+    elif j.backend == "hf":
+        model = models.model_fingerprint(j.model)
+    else:
+        raise ValueError(f"eval.judge.backend='{j.backend}' is not a judge backend; use hf or openai")
+    return {"enabled": True, "backend": j.backend, "model": model, "prompt": j.prompt,
+            "prompt_text": _judge_prompt(cfg).text, "max_tokens": j.max_tokens, "rows": j.rows}
+
+
+def _run_judge(cfg: DictConfig, dev: pd.DataFrame, generations: pd.DataFrame,
+               progress: Callable[[float], None]) -> pd.DataFrame:
+    """The judge's verdicts on every (system, opponent) pair of the first ``eval.judge.rows`` dev rows."""
+    j, e = cfg.eval.judge, cfg.eval
+    judge, counter = judge_lib.make_judge(j, cfg.cache_dir, cfg.device, e.dtype, e.seed)
+    rows = dev.head(j.rows) if j.rows > 0 else dev
+    prompt = _judge_prompt(cfg)
+    prefixes = prompt.fill_prefixes(rows, counter, j.max_tokens, data_lib.task_spec(cfg.data.task))
+    return judge_lib.judge_systems(judge, prompt, prefixes, dict(zip(dev["id"], dev["reference"])), generations,
+                                   progress)
+
+
 def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact, calibrated: Artifact,
-                 force: bool = False) -> Artifact:
+                 force: bool = False, progress: ProgressCallback | None = None) -> Artifact:
     """Greedy outputs of each system on the dev split scored with ROUGE-1/2/L F1 against the human
     references, with bootstrap CIs, the paired PLaD-vs-SFT test, the students' calibration
-    (``eval.calibration_samples`` samples per prompt) and every metric by reference-length bucket.
+    (``eval.calibration_samples`` samples per prompt), the judge's win rates against the reference
+    and the SFT student (``eval.judge``) and every metric by reference-length bucket.
 
-    Writes generations.parquet, calibration_samples.parquet, metrics.json
+    Writes generations.parquet, calibration_samples.parquet, judgments.parquet, metrics.json
     (``plad_core.evaluate.evaluation_metrics``), report.md, report.html, plots/ and results.md
-    (the report's summary, published by the flow)."""
+    (the report's summary, published by the flow). ``progress(fraction, message)``, when given, is
+    called as each system, the calibration sampling and the judge advance (``plad_core.progress``)."""
     systems = list(cfg.eval.systems)
     config = {**config_slice(cfg, ["eval", "student.prompt"]),
               **({"teacher": _teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
                  if "teacher" in systems else {})}
+    config["eval"] = {**config["eval"], "judge": _judge_identity(cfg)}
     upstream = [data, sft, calibrated]
     key = _key("evaluate", config, upstream)
     k = cfg.eval.calibration_samples
@@ -393,27 +604,44 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
         unknown = [s for s in systems if s not in loaders]
         if unknown:
             raise ValueError(f"eval.systems has unknown names {unknown}; known: {list(loaders)}")
+        e = cfg.eval
+        steps = Steps([step for s in systems for step in
+                       [f"generate {s}", *([f"calibration samples {s}"] if k and s in CALIBRATED_SYSTEMS else [])]]
+                      + (["judge"] if e.judge.enabled else []) + ["metrics and report"], progress)
         frames, sampled = [], []
         seconds = {"generate": 0.0, "calibration": 0.0}
         for system in systems:
+            steps.report(f"generate {system}")
             load, prompt_cfg = loaders[system]
             model, tokenizer = load()
             started = time.perf_counter()
             frames.append(_generate_and_score(model, tokenizer, system, dev, data, prompt_cfg, cfg))
             seconds["generate"] += time.perf_counter() - started
             if k and system in CALIBRATED_SYSTEMS:
+                steps.report(f"calibration samples {system}")
                 started = time.perf_counter()
                 sampled.append(_calibration_samples(model, tokenizer, system, dev, data, cfg))
                 seconds["calibration"] += time.perf_counter() - started
-        started = time.perf_counter()
         generations = pd.concat(frames, ignore_index=True)
+        judgments = None
+        if e.judge.enabled:
+            steps.report("judge")
+            started = time.perf_counter()
+            judgments = _run_judge(cfg, dev, generations, steps.within("judge"))
+            seconds["judge"] = time.perf_counter() - started
+            judgments.to_parquet(out / "judgments.parquet", index=False)
+        steps.report("metrics and report")
+        started = time.perf_counter()
         samples = pd.concat(sampled, ignore_index=True) if sampled else pd.DataFrame(
             columns=["system", "id", "sample_index", "text", "logp_mean", "rougeL"])
-        e = cfg.eval
         metrics = eval_lib.evaluation_metrics(generations, dev[["id", "reference"]], samples, list(e.length_buckets),
-                                              e.n_resamples, e.seed, e.calibration_bins)
+                                              e.n_resamples, e.seed, e.calibration_bins, judgments)
         metrics["settings"].update(calibration_samples=k, calibration_temperature=e.calibration_temperature,
                                    calibration_top_p=e.calibration_top_p)
+        if judgments is not None:
+            metrics["settings"]["judge"] = {
+                "backend": e.judge.backend, "model": e.judge.api.model if e.judge.backend == "openai" else e.judge.model,
+                "prompt": e.judge.prompt, "rows": int(judgments["id"].nunique()), "seconds": round(seconds["judge"], 1)}
         generations.to_parquet(out / "generations.parquet", index=False)
         samples.to_parquet(out / "calibration_samples.parquet", index=False)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
@@ -430,9 +658,14 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
             title=f"PLaD evaluation: {cfg.name}, dev split", n_examples=e.report_examples)
         (out / "results.md").write_text(summary)
         seconds["metrics_and_report"] = time.perf_counter() - started
+        steps.done()
+        judge = metrics["judge"]
         return {"metrics": metrics["systems"], "paired": metrics["paired"],
                 "calibration": {s: {m: c[m] for m in ("spearman", "ece", "prompts_used", "prompts_skipped")}
                                 for s, c in metrics["calibration"].items()},
+                "judge": {"consistency": judge["consistency"], "a_rate": judge["a_rate"],
+                          "win_rate": {o: {s: w["win_rate"] for s, w in by.items()} for o, by in judge["vs"].items()}}
+                if judge else None,
                 "length_buckets": metrics["length_buckets"]["edges"], "dev_rows": len(dev),
                 "seconds": {name: round(v, 1) for name, v in seconds.items()}}
 
@@ -474,7 +707,7 @@ def run_promote(cfg: DictConfig, store: ArtifactStore, data: Artifact, calibrate
 RUNNERS: dict[str, Callable[..., Artifact]] = {
     "prepare_data": run_prepare_data, "init_student": run_init_student, "sft_student": run_sft_student,
     "sample_teacher": run_sample_teacher, "sample_student": run_sample_student, "build_pairs": run_build_pairs,
-    "calibrate": run_calibrate, "evaluate": run_evaluate,
+    "score_pairs": run_score_pairs, "calibrate": run_calibrate, "evaluate": run_evaluate,
 }
 
 

@@ -5,16 +5,24 @@ import math
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import torch
 from prefect.testing.utilities import prefect_test_harness
+from transformers import AutoTokenizer
 
 from flows.distill import distill
 from plad_core.artifacts import MANIFEST, ArtifactStore
 from plad_core.config import load_config
 from plad_core.pairs import PAIRS_SCHEMA
 from plad_core.sampling.schema import SAMPLES_SCHEMA
-from plad_core.stages import DEPENDENCIES, run_stage
+from plad_core.models import load_model
+from plad_core.pair_training import encode_pairs
+from plad_core.scoring import SCORERS, SCORES_SCHEMA
+from plad_core.stages import DEPENDENCIES, check_train_loss, run_calibrate, run_score_pairs, run_stage
+from plad_core.train import LOSS_NAMES, STORED_SCORERS, collate, sequence_logprobs, stored_columns
 from tiny import HH, make_tiny_model, tiny_overrides
 
 STAGES = list(DEPENDENCIES)
@@ -146,7 +154,11 @@ def test_a_config_change_rebuilds_that_stage_and_downstream_only(first_run, tiny
     assert [s for s in STAGES if margin[s] != keys[s]] == ["calibrate", "evaluate"]
     sft = keys_with(["sft.lr=0.001"])
     assert [s for s in STAGES if sft[s] != keys[s]] == ["sft_student", "sample_student", "build_pairs",
-                                                       "calibrate", "evaluate"]
+                                                       "score_pairs", "calibrate", "evaluate"]
+    # score_pairs' key holds what it scores, not the loss: dpo and ipo share the SFT reference's scores
+    dpo, ipo = keys_with(["train.loss=dpo"]), keys_with(["train.loss=ipo"])
+    assert [s for s in STAGES if dpo[s] != keys[s]] == ["score_pairs", "calibrate", "evaluate"]
+    assert dpo["score_pairs"] == ipo["score_pairs"] and dpo["calibrate"] != ipo["calibrate"]
 
 
 @pytest.mark.slow
@@ -193,3 +205,189 @@ def test_library_never_imports_prefect():
     code = ("import sys, plad_core.stages, plad_core.cli; "
             "assert not any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules), 'prefect imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Every train.loss through the flow on first_run's store: only score_pairs, calibrate and evaluate are built.
+FLOW_LOSSES = [loss for loss in LOSS_NAMES if loss != "ranking"]  # ranking is first_run's
+FAST_EVAL = ["eval.calibration_samples=0", "promotion.enabled=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", FLOW_LOSSES)
+def test_every_train_loss_runs_through_the_flow(first_run, tiny, loss):
+    root, overrides = tiny
+    result = distill(config="tldr", overrides=overrides + [f"train.loss={loss}", *FAST_EVAL])
+    paths = {s: Path(p) for s, p in result["artifacts"].items()}
+    assert all(paths[s] == Path(first_run["artifacts"][s]) for s in STAGES[:STAGES.index("build_pairs") + 1])
+
+    pairs = pd.read_parquet(paths["build_pairs"] / "pairs.parquet")
+    scores = pd.read_parquet(paths["score_pairs"] / "scores.parquet")
+    assert list(scores.columns) == SCORES_SCHEMA.names and len(scores) == len(pairs)
+    assert (scores[["id", "sample_index"]].to_numpy() == pairs[["id", "sample_index"]].to_numpy()).all()
+    for scorer in SCORERS:  # computed exactly when the loss reads them
+        stored = scores[list(stored_columns(scorer))]
+        assert stored.notna().all().all() if scorer in STORED_SCORERS.get(loss, ()) else stored.isna().all().all()
+
+    log = pd.read_parquet(paths["calibrate"] / "train_log.parquet")
+    assert len(log) == math.ceil(len(pairs) / 2) and log["loss"].map(math.isfinite).all()
+    assert log["pair_accuracy"].between(0, 1).all()
+    assert json.loads((paths["calibrate"] / MANIFEST).read_text())["config"]["train"]["loss"] == loss
+    assert ("teacher" in manifest(paths["calibrate"])["config"]) == (loss == "token_kd")
+    assert sorted(result["metrics"]) == ["plad", "sft", "teacher"]
+    assert all(math.isfinite(v) for v in result["metrics"]["plad"].values())
+
+
+@pytest.mark.slow
+def test_stored_scores_equal_sequence_logprobs_recomputed(first_run, tiny):
+    root, overrides = tiny
+    store = ArtifactStore(root / "artifacts")
+    for loss, scorer in (("dpo", "reference"), ("dpkd", "teacher")):
+        cfg = load_config("tldr", overrides + [f"train.loss={loss}"])
+        done = {}
+        scores = pd.read_parquet(run_stage("score_pairs", cfg, store, done=done).file("scores.parquet"))
+        pairs = pd.read_parquet(done["build_pairs"].file("pairs.parquet"))
+        spec = str(done["sft_student"].file("model")) if scorer == "reference" else cfg.teacher.model
+        model, tokenizer = load_model(spec, cfg.cache_dir)
+        for row, (chosen, rejected) in zip(scores.itertuples(), encode_pairs(pairs, tokenizer, cfg.train.optim.max_seq_len)):
+            for side, encoded in (("chosen", chosen), ("rejected", rejected)):
+                with torch.no_grad():  # one unpadded sequence at a time
+                    total, count = sequence_logprobs(model, collate([encoded], tokenizer.pad_token_id))
+                assert getattr(row, f"{side}_scored_tokens") == count.item() == len(encoded.ids) - encoded.n_prompt
+                assert getattr(row, f"{scorer}_{side}_logp") == pytest.approx(total.item(), abs=1e-4)
+
+
+def test_an_unknown_loss_fails_before_any_stage_and_lists_the_valid_ones(harness, tmp_path):
+    overrides = tiny_overrides(tmp_path, tmp_path / "no-teacher")
+    with pytest.raises(ValueError, match="train.loss='dpo2' is not a known loss; choose one of ranking, margin, "
+                                         "simpo, cpo_hinge, dpo, ipo, dpkd, seqkd, token_kd"):
+        distill(config="tldr", overrides=overrides + ["train.loss=dpo2"])
+    assert not (tmp_path / "artifacts").exists()
+
+
+@pytest.mark.parametrize("loss", ["dpkd", "token_kd"])
+def test_teacher_internals_losses_refuse_an_api_teacher_naming_the_keys(harness, tmp_path, loss):
+    overrides = tiny_overrides(tmp_path, tmp_path / "no-teacher") + [
+        f"train.loss={loss}", "teacher.sampling.backend=openai", "teacher.sampling.api.model=served"]
+    with pytest.raises(ValueError, match=f"train.loss={loss} needs the teacher's .* but teacher.sampling.backend=openai "
+                                         "gives only its text: set teacher.sampling.backend=hf .*\\(ranking, margin, "
+                                         "simpo, cpo_hinge, dpo, ipo, seqkd\\)"):
+        distill(config="tldr", overrides=overrides)
+    assert not (tmp_path / "artifacts").exists()
+    check_train_loss(load_config("tldr", overrides + ["train.loss=ranking"]))  # a text-only loss is fine
+
+
+@pytest.mark.slow
+def test_teacher_internals_losses_refuse_a_teacher_with_another_tokenizer(first_run, tiny):
+    root, overrides = tiny
+    other = make_tiny_model(root / "other-tokenizer-teacher", layers=2)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["<only-in-the-teacher>"])
+    tokenizer.save_pretrained(other)
+    store = ArtifactStore(root / "artifacts")
+    done = {}
+    run_stage("build_pairs", load_config("tldr", overrides), store, done=done)
+    pairs, sft = done["build_pairs"], done["sft_student"]
+    for loss in ("dpkd", "token_kd"):
+        cfg = load_config("tldr", overrides + [f"train.loss={loss}", f"teacher.model={other}"])
+        with pytest.raises(ValueError, match=f"train.loss={loss} needs the teacher's .* teacher.model={other} and the "
+                                             "student do not share a tokenizer: the vocabularies differ \\(49152 vs "
+                                             "49153 entries; 1 tokens in only one"):
+            scores = run_score_pairs(cfg, store, pairs, sft)  # token_kd scores nothing, so this passes
+            run_calibrate(cfg, store, pairs, sft, scores)
+
+
+# --- evaluation: the judge, progress and results artifacts, the data-scale experiment ---------------
+LEAN_EVAL = ["eval.systems=[sft,plad]", "eval.calibration_samples=0"]  # the judge stays on
+
+
+def read_prefect_artifacts(key):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+
+
+@pytest.mark.slow
+def test_flow_publishes_the_results_table_and_evaluate_progress(first_run):
+    evaluate = Path(first_run["artifacts"]["evaluate"])
+    metrics = json.loads((evaluate / "metrics.json").read_text())
+    assert set(metrics["judge"]["vs"]["reference"]) == {"teacher", "sft", "plad"}
+    assert metrics["judge"]["vs"]["sft"]["plad"]["n"] == 4 and metrics["settings"]["judge"]["rows"] == 4
+    assert len(pd.read_parquet(evaluate / "judgments.parquet")) == 4 * 5 * 2  # rows x (3 + 2 pairs) x orders
+
+    progress = read_prefect_artifacts("evaluate-progress")
+    assert progress and all(a.type == "progress" and a.data == 100.0 for a in progress)  # every run ended at 100%
+    assert any(str(evaluate / "report.html") in a.description for a in progress)
+
+    plad = metrics["systems"]["plad"]
+    tables = [json.loads(a.data) for a in read_prefect_artifacts("distill-results-table")]
+    mine = [t for t in tables if [r["system"] for r in t] == ["teacher", "sft", "plad"]
+            and t[2]["ROUGE-L"] == f"{plad['rougeL']:.2f} [{plad['rougeL_low']:.2f}, {plad['rougeL_high']:.2f}]"]
+    win = metrics["judge"]["vs"]["reference"]["plad"]
+    assert mine and mine[0][2]["win rate vs human reference"] == (
+        f"{win['win_rate']:.1f} [{win['win_rate_low']:.1f}, {win['win_rate_high']:.1f}]")
+    assert mine[0][1]["win rate vs SFT"] == "–" and mine[0][2]["n"] == "4"
+
+
+@pytest.mark.slow
+def test_evaluate_reports_progress_per_system_and_through_the_judge(first_run, tiny):
+    from plad_core.stages import run_evaluate
+
+    root, overrides = tiny
+    cfg = load_config("tldr", overrides + LEAN_EVAL)
+    store, done = ArtifactStore(cfg.artifacts_root), {}
+    run_stage("calibrate", cfg, store, done=done)
+    calls = []
+    artifact = run_evaluate(cfg, store, done["prepare_data"], done["sft_student"], done["calibrate"], force=True,
+                            progress=lambda fraction, message: calls.append((fraction, message)))
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
+    assert [m for _, m in calls if m.endswith("(0%)")] == [
+        "generate sft (0%)", "generate plad (0%)", "judge (0%)", "metrics and report (0%)"]
+    # 4 dev rows, one report per row: the judge step (the 3rd of 4) goes 2/4 -> 3/4 in quarters
+    assert [(f, m) for f, m in calls if m.startswith("judge")] == [
+        (0.5 + k / 16, f"judge ({k / 4:.0%})") for k in range(5)]
+    judgments = pd.read_parquet(artifact.file("judgments.parquet"))
+    assert len(judgments) == 4 * 3 * 2 and judgments["verdict"].isin(["A", "B"]).all()
+
+
+@pytest.mark.slow
+def test_data_scale_runs_three_fractions_and_plots_pairs_used(first_run, tiny, tmp_path):
+    from omegaconf import OmegaConf
+
+    from flows.scale import distill_scale
+    from plad_core.registry import Registry
+
+    root, overrides = tiny
+    experiment = tmp_path / "tiny_scale.yaml"
+    OmegaConf.save(OmegaConf.create({"name": "tiny_scale", "config": "tldr", "fractions": [0.25, 0.5, 1.0],
+                                     "metric": "rougeL", "overrides": overrides + LEAN_EVAL}), experiment)
+    decisions = len(Registry(root / "artifacts" / "registry.sqlite").history())
+    result = distill_scale(experiment=str(experiment))
+    folder = Path(result["artifact"])
+    points = json.loads((folder / "scale.json").read_text())["points"]
+    assert [p["fraction"] for p in points] == [0.25, 0.5, 1.0]
+    assert [p["prompts"] for p in points] == [2, 3, 6]  # ceil(f * 6 unlabeled prompts)
+
+    rows = pd.read_parquet(Path(first_run["artifacts"]["prepare_data"]) / "rows.parquet")
+    unlabeled = list(rows.loc[rows["split"] == "unlabeled", "id"])  # the split's sha256 order
+    store = ArtifactStore(root / "artifacts")
+    for point in points:
+        pairs_dir = store.path("build_pairs", point["keys"]["build_pairs"])
+        pairs = pd.read_parquet(pairs_dir / "pairs.parquet")
+        assert point["pairs"] == len(pairs) and set(pairs["id"]) <= set(unlabeled[:point["prompts"]])
+        # everything before build_pairs is shared with first_run: built once, reused from the store
+        upstream = manifest(pairs_dir)["upstream"]
+        for stage in ("prepare_data", "sample_teacher", "sample_student"):
+            assert upstream[stage] == Path(first_run["artifacts"][stage]).name
+        assert set(point["systems"]) == {"sft", "plad"}
+    assert points[-1]["keys"]["build_pairs"] == Path(first_run["artifacts"]["build_pairs"]).name
+    assert result["points"] == [{k: p[k] for k in ("fraction", "prompts", "pairs")} for p in points]
+
+    md = (folder / "report.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ") and "%" in line.split("|")[1]]
+    assert [line.split(" | ")[:3] for line in table] == [
+        [f"| {f}", str(p["prompts"]), str(p["pairs"])] for f, p in zip(("25%", "50%", "100%"), points)]
+    assert (folder / "plots" / "scale.png").read_bytes().startswith(b"\x89PNG") and "](plots/scale.png)" in md
+    assert len(Registry(root / "artifacts" / "registry.sqlite").history()) == decisions  # promotion stayed off

@@ -15,6 +15,7 @@ from rouge_score import rouge_scorer
 from plad_core import evaluate as eval_lib
 from plad_core.calibration import (above_median, average_ranks, evaluate_calibration, expected_calibration_error,
                                    prompt_spearman, reliability_bins, spearman)
+from plad_core.judge import opponents
 from plad_core.report import write_report
 
 # --- ROUGE ---------------------------------------------------------------------------------------
@@ -162,19 +163,25 @@ def synthetic(n=12, k=4, seed=0):
                         ignore_index=True)
     log = pd.DataFrame({"step": range(1, 21), "loss": np.linspace(1.0, 0.5, 20),
                         "pair_accuracy": np.linspace(0.4, 0.9, 20), "margin": np.linspace(-0.2, 0.8, 20)})
-    return pd.concat(frames, ignore_index=True), references, samples, log
+    judgments = pd.DataFrame([{"id": i, "system": s, "opponent": o, "system_position": pos,
+                               "verdict": rng.choice(["A", "B"]), "logp_a": -1.0, "logp_b": -2.0, "raw": ""}
+                              for s, o in opponents(["teacher", "sft", "plad"]) for i in ids for pos in "AB"])
+    return pd.concat(frames, ignore_index=True), references, samples, log, judgments
 
 
-SECTIONS = ["Results", "PLaD vs SFT (paired bootstrap)", "By reference length", "Calibration",
+SECTIONS = ["Results", "PLaD vs SFT (paired bootstrap)", "By reference length", "Calibration", "Judge win rate",
             "Training curves (calibrate)", "Sample outputs", "Provenance"]
+EMBEDDED_JUDGE = {"backend": "hf", "model": "embedded:smollm2-135m-instruct", "prompt": "judge/tldr.txt", "rows": 12}
 
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    generations, references, samples, log = synthetic()
-    metrics = eval_lib.evaluation_metrics(generations, references[["id", "reference"]], samples, [], 200, 0, 10)
-    metrics["settings"].update(calibration_samples=4, calibration_temperature=0.7, calibration_top_p=0.95)
+    generations, references, samples, log, judgments = synthetic()
+    metrics = eval_lib.evaluation_metrics(generations, references[["id", "reference"]], samples, [], 200, 0, 10,
+                                          judgments)
+    metrics["settings"].update(calibration_samples=4, calibration_temperature=0.7, calibration_top_p=0.95,
+                               judge=EMBEDDED_JUDGE)
     provenance = {"keys": {"evaluate": "e" * 16, "calibrate": "c" * 16}, "config": {"eval.n_resamples": 200},
                   "report_path": "data/artifacts/evaluate/eeee/report.html"}
     summary = write_report(out, metrics, generations, references, log, provenance, "Synthetic report", 3)
@@ -183,7 +190,7 @@ def written(tmp_path_factory):
 
 def test_metrics_structure_holds_every_block_per_bucket(written):
     _, metrics, _ = written
-    assert set(metrics) == {"settings", "systems", "paired", "calibration", "length_buckets"}
+    assert set(metrics) == {"settings", "systems", "paired", "calibration", "judge", "length_buckets"}
     assert list(metrics["systems"]) == ["teacher", "sft", "plad"] and list(metrics["calibration"]) == ["sft", "plad"]
     buckets = metrics["length_buckets"]["buckets"]
     assert len(buckets) == 3 and sum(b["n"] for b in buckets) == 12
@@ -191,6 +198,7 @@ def test_metrics_structure_holds_every_block_per_bucket(written):
         assert all(b["systems"][s]["n"] == b["n"] for s in ("teacher", "sft", "plad"))
         assert b["paired"]["plad_vs_sft"]["n"] == b["n"]
         assert set(b["calibration"]) == {"sft", "plad"} and "bins" not in b["calibration"]["sft"]
+        assert b["judge"]["vs"]["reference"]["teacher"]["n"] == b["n"] == b["judge"]["vs"]["sft"]["plad"]["n"]
     assert len(metrics["calibration"]["sft"]["bins"]) == 10
     json.dumps(metrics, allow_nan=False)  # strict JSON: no NaN anywhere
 
@@ -215,6 +223,33 @@ def test_report_writer_produces_md_and_self_contained_html(written):
     assert f"{teacher['rougeL']:.2f} [{teacher['rougeL_low']:.2f}, {teacher['rougeL_high']:.2f}]" in md
     assert "paired bootstrap p " in summary and "Full report: data/artifacts/evaluate/eeee/report.html" in summary
     assert "| teacher |" in summary and "ROUGE-L by reference length" in summary and "Spearman" in summary
+
+
+def test_report_shows_the_win_rate_table_and_says_the_embedded_judge_is_weak(written):
+    out, metrics, summary = written
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    vs = metrics["judge"]["vs"]
+    assert set(vs) == {"reference", "sft"} and set(vs["reference"]) == {"teacher", "sft", "plad"}
+    assert set(vs["sft"]) == {"teacher", "plad"} and vs["reference"]["plad"]["n"] == 12
+    plad = vs["reference"]["plad"]
+    cell = f"{plad['win_rate']:.1f} [{plad['win_rate_low']:.1f}, {plad['win_rate_high']:.1f}]"
+    wtl = f"{plad['wins']} / {plad['ties']} / {plad['losses']}"
+    for text in (md, summary):
+        assert "win rate vs human reference" in text and "win rate vs SFT" in text  # in the results table
+        row = next(line for line in text.splitlines() if line.startswith("| plad |") and wtl in line)
+        assert cell in row
+        assert "SmolLM2-135M-Instruct: a weak judge" in text
+        assert f"position consistency {metrics['judge']['consistency']:.1f}%" in text
+    assert "<h2>Judge win rate</h2>" in page and "Win rates per reference-length bucket" in md
+
+
+def test_report_names_a_disabled_judge(tmp_path):
+    generations, references, samples, log, _ = synthetic(n=6)
+    metrics = eval_lib.evaluation_metrics(generations, references[["id", "reference"]], samples, [], 100, 0, 10)
+    metrics["settings"].update(calibration_samples=4, calibration_temperature=0.7, calibration_top_p=0.95)
+    assert metrics["judge"] == {}
+    summary = write_report(tmp_path, metrics, generations, references, log, {}, "No judge", 1)
+    assert "win rate" not in summary and "eval.judge.enabled = false" in (tmp_path / "report.md").read_text()
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,0 +1,170 @@
+"""The pairwise judge: win-rate aggregation with swapped orders and ties (a scripted judge, hand-computed
+rates), verdict parsing, prompt checks, the hf judge on a tiny model and the openai judge on the real server."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from plad_core.config import CONF_DIR
+from plad_core.data import TASKS
+from plad_core.judge import (HFJudge, JudgeError, JudgePrompt, OpenAIJudge, Verdict, judge_systems, opponents,
+                             parse_verdict, win_rates)
+from plad_core.progress import Steps
+from plad_core.stats import bootstrap_ci
+
+ROWS = ["r1", "r2", "r3", "r4"]
+# what the scripted judge does for each (system, opponent, row): prefer the system in both orders (win), the
+# opponent in both (loss), always answer A or B whatever the order (a tie), or give an unreadable answer
+# when the system stands at A and prefer the system when it stands at B (a tie)
+SCRIPT = {("plad", "reference"): ["win", "loss", "always_A", "unreadable"],
+          ("sft", "reference"): ["loss", "loss", "loss", "win"],
+          ("plad", "sft"): ["win", "win", "win", "always_B"]}
+
+
+class ScriptedJudge:
+    """Reads the two candidates ("<system>:<row>") from the suffix and answers as SCRIPT says."""
+
+    def __init__(self):
+        self.requests = []
+
+    def verdicts(self, requests, progress=None):
+        self.requests += requests
+        out = []
+        for _, suffix in requests:
+            a, b = suffix.split("|")
+            (name_a, row), name_b = a.split(":"), b.split(":")[0]
+            opponent = "reference" if "reference" in (name_a, name_b) else "sft"
+            system = name_b if name_a == opponent else name_a
+            system_at = "A" if name_a == system else "B"
+            other = "B" if system_at == "A" else "A"
+            plan = SCRIPT[(system, opponent)][ROWS.index(row)]
+            choice = {"win": system_at, "loss": other, "always_A": "A", "always_B": "B",
+                      "unreadable": None if system_at == "A" else system_at}[plan]
+            out.append(Verdict(choice, raw=str(choice)))
+        if progress:
+            progress(1.0)
+        return out
+
+
+@pytest.fixture(scope="module")
+def judged():
+    generations = pd.DataFrame([{"system": s, "id": r, "text": f"{s}:{r}"} for s in ("sft", "plad") for r in ROWS])
+    prompt = JudgePrompt("scripted", "{id}|", "{output_a}|{output_b}")
+    judge = ScriptedJudge()
+    judgments = judge_systems(judge, prompt, {r: f"{r}|" for r in ROWS}, {r: f"reference:{r}" for r in ROWS},
+                              generations)
+    return judge, judgments
+
+
+def test_every_pair_is_judged_in_both_orders(judged):
+    judge, judgments = judged
+    assert opponents(["sft", "plad"]) == [("sft", "reference"), ("plad", "reference"), ("plad", "sft")]
+    assert len(judge.requests) == len(judgments) == 4 * 3 * 2
+    assert judge.requests[0] == ("r1|", "sft:r1|reference:r1") and judge.requests[1] == ("r1|", "reference:r1|sft:r1")
+    per_pair = judgments.groupby(["system", "opponent", "id"])["system_position"].apply(sorted)
+    assert all(p == ["A", "B"] for p in per_pair) and len(per_pair) == 12
+
+
+def test_win_rates_with_swaps_and_ties_by_hand(judged):
+    _, judgments = judged
+    w = win_rates(judgments, n_resamples=1000, seed=0)
+    plad_ref, sft_ref, plad_sft = w["vs"]["reference"]["plad"], w["vs"]["reference"]["sft"], w["vs"]["sft"]["plad"]
+    # plad vs reference: win, loss, tie (always A), tie (unreadable) -> (1 + 0.5 * 2) / 4
+    assert (plad_ref["wins"], plad_ref["ties"], plad_ref["losses"], plad_ref["n"]) == (1, 2, 1, 4)
+    assert plad_ref["win_rate"] == 50.0 and plad_ref["consistency"] == 50.0
+    # sft vs reference: three losses and a win -> 1 / 4
+    assert (sft_ref["wins"], sft_ref["ties"], sft_ref["losses"]) == (1, 0, 3)
+    assert sft_ref["win_rate"] == 25.0 and sft_ref["consistency"] == 100.0
+    # plad vs sft: three wins and a tie (always B) -> (3 + 0.5) / 4
+    assert (plad_sft["wins"], plad_sft["ties"], plad_sft["losses"]) == (3, 1, 0)
+    assert plad_sft["win_rate"] == 87.5 and plad_sft["consistency"] == 75.0
+    assert "sft" not in w["vs"]["sft"]  # SFT is not judged against itself
+    # the CI is the seeded bootstrap of the per-row scores (rows in id order)
+    ci = bootstrap_ci([1.0, 0.0, 0.5, 0.5], 1000, 0)
+    assert (plad_ref["win_rate_low"], plad_ref["win_rate_high"]) == (round(100 * ci.low, 2), round(100 * ci.high, 2))
+    assert plad_ref["win_rate_low"] <= 50.0 <= plad_ref["win_rate_high"] and plad_ref["win_rate_low"] < 50.0
+    # diagnostics: 9 of 12 pairs consistent; 11 of 23 readable verdicts chose A; 1 unreadable of 24
+    assert w["consistency"] == 75.0 and w["a_rate"] == round(100 * 11 / 23, 2)
+    assert (w["unreadable"], w["judgments"]) == (1, 24)
+    assert win_rates(judgments, 1000, 0) == w
+
+
+def test_parse_verdict():
+    assert [parse_verdict(t) for t in ("A", " B", "Summary A.", "**B** is better", "B. Summary A is vague",
+                                       "Answer: A")] == ["A", "B", "A", "B", "B", "A"]
+    assert parse_verdict("Both are fine") is None and parse_verdict("") is None and parse_verdict("AB") is None
+
+
+def test_prompt_files_load_and_bad_templates_fail_clearly(tmp_path):
+    tldr = JudgePrompt.load(CONF_DIR / "judge" / "tldr.txt", TASKS["tldr"].fields)
+    assert "{post}" in tldr.prefix and tldr.suffix.startswith("{output_a}") and "{output_b}" in tldr.suffix
+    hh = JudgePrompt.load(CONF_DIR / "judge" / "hh.txt", TASKS["hh"].fields)
+    assert "{prompt}" in hh.prefix
+    bad = {"unknown": ("{post} {body} {output_a} {output_b}", "unknown field"),
+           "order": ("{post} {output_b} {output_a}", "then {output_b}"),
+           "missing": ("{post} {output_a}", "then {output_b}"),
+           "late": ("{output_a} {post} {output_b}", "before {output_a}"),
+           "braces": ("{post} {output_a} {output_b} {", "not a valid format template")}
+    for name, (text, message) in bad.items():
+        (tmp_path / f"{name}.txt").write_text(text)
+        with pytest.raises(JudgeError, match=message) as err:
+            JudgePrompt.load(tmp_path / f"{name}.txt", TASKS["tldr"].fields)
+        assert f"{name}.txt" in str(err.value)
+    with pytest.raises(JudgeError, match="not found"):
+        JudgePrompt.load(tmp_path / "nope.txt", TASKS["tldr"].fields)
+
+
+def test_steps_report_fractions_of_named_steps():
+    calls = []
+    steps = Steps(["generate", "judge", "report"], lambda f, m: calls.append((round(f, 4), m)))
+    steps.report("generate")
+    steps.within("judge")(0.5)
+    steps.report("report")
+    steps.done()
+    assert calls == [(0.0, "generate (0%)"), (0.5, "judge (50%)"), (0.6667, "report (0%)"), (1.0, "done")]
+    Steps(["a"], None).report("a")  # no callback: nothing to do
+
+
+@pytest.mark.slow
+def test_hf_judge_on_a_tiny_model_gives_valid_deterministic_verdicts(tmp_path):
+    from plad_core.models import load_model
+    from tiny import CACHE, make_tiny_model
+
+    model, tokenizer = load_model(str(make_tiny_model(tmp_path / "judge", layers=2)), CACHE)
+    judge = HFJudge(model, tokenizer)
+    requests = [(f"POST: post {i}\n\n", f"Summary A: {a}\n\nSummary B: {b}\n\nA or B?")
+                for i in range(2) for a, b in (("one two", "three"), ("three", "one two"))]
+    fractions = []
+    verdicts = judge.verdicts(requests, fractions.append)
+    assert fractions == [0.5, 1.0]  # one report per shared prefix
+    assert all(v.choice in ("A", "B") and v.choice == ("A" if v.logp_a >= v.logp_b else "B") for v in verdicts)
+    assert all(v.logp_a < 0 and v.logp_b < 0 and math.isfinite(v.logp_a) for v in verdicts)
+    assert judge.verdicts(requests) == verdicts
+    # the prefix's cache, reused and cropped between suffixes, gives the log-probs of one full forward pass
+    head, tail = judge._split(*requests[3])
+    with torch.inference_mode():
+        logits = model(torch.cat([judge._ids(head), judge._ids(tail)], dim=1)).logits[0, -1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    assert verdicts[3].logp_a == pytest.approx(float(torch.logsumexp(logp[judge.ids["A"]], 0)), abs=1e-4)
+    assert verdicts[3].logp_b == pytest.approx(float(torch.logsumexp(logp[judge.ids["B"]], 0)), abs=1e-4)
+    assert head.startswith("<|im_start|>") and tail.endswith("<|im_start|>assistant\n")  # the chat template
+
+
+@pytest.mark.slow
+def test_openai_judge_parses_the_servers_answers(tmp_path):
+    import httpx
+
+    from plad_core.sampling.openai_api import ApiSettings
+    from test_openai_backend import serve
+    from tiny import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny", layers=2)
+    with serve(model, tmp_path / "server.log") as base_url:
+        settings = ApiSettings(base_url=base_url, model=str(model), mode="chat", concurrency=2, max_retries=0)
+        requests = [("POST: a post\n\n", f"Summary A: {a}\n\nSummary B: {b}") for a, b in (("x", "y"), ("y", "x"))]
+        verdicts = OpenAIJudge(settings, seed=0).verdicts(requests)
+        state = httpx.get(base_url.removesuffix("/v1") + "/_test/state", timeout=10).json()
+    assert state["requests"] == {"/v1/chat/completions": 2}
+    assert all(v.choice == parse_verdict(v.raw) and math.isnan(v.logp_a) for v in verdicts)
