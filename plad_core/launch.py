@@ -1,0 +1,147 @@
+"""Supervised subprocesses: ``torchrun`` and its ranks as children that are always stopped.
+
+A plain ``subprocess.run(["torchrun", ...])`` left ranks running after a cancel or a crash:
+torchrun starts each rank in a session of its own, so neither the parent's death nor a signal to
+torchrun's process group reaches them. ``supervise`` therefore
+
+- starts the command in a new session and streams its stdout and stderr, line by line, into a logger;
+- on a timeout, a cancel or any other exception in the waiting thread, sends SIGTERM to the
+  command's process group and to every descendant it has (collected before anything is signalled),
+  then SIGKILL to those still alive after ``grace_s``;
+- tells the children its pid (``PLAD_SUPERVISOR_PID``): a worker that calls ``watch_supervisor``
+  ends itself as soon as the supervisor, or its own parent, is gone, so a supervisor killed with
+  SIGKILL (no ``finally`` runs) leaves no orphans either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Optional, Sequence
+
+import psutil
+
+SUPERVISOR_ENV = "PLAD_SUPERVISOR_PID"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(nproc: int, program: Sequence[str], port: Optional[int] = None) -> list[str]:
+    """``torchrun --nproc-per-node N <program>`` (``["-m", module, *args]`` or ``[script, *args]``) on
+    this machine, its rendezvous on 127.0.0.1, no restarts (a failed rank fails the run; the stage's
+    checkpoints let a rerun resume)."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
+            "--master-addr=127.0.0.1", f"--master-port={port or free_port()}", "--max-restarts=0", *program]
+
+
+def local_env() -> dict[str, str]:
+    """The environment for ranks on one machine: collectives over the loopback interface, output
+    unbuffered (it is streamed line by line), and this process's pid for ``watch_supervisor``."""
+    env = dict(os.environ)
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    env.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    env.update(PYTHONUNBUFFERED="1", **{SUPERVISOR_ENV: str(os.getpid())})
+    return env
+
+
+def _stream(pipe, logger: logging.Logger, prefix: str, tail: deque) -> None:
+    for line in iter(pipe.readline, ""):
+        line = line.rstrip("\n")
+        tail.append(line)
+        logger.info("%s%s", prefix, line)
+    pipe.close()
+
+
+def stop_tree(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to ``proc``'s process group and all its descendants, SIGKILL to any left after ``grace_s``."""
+    try:
+        root = psutil.Process(proc.pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    proc.wait()
+
+
+def supervise(cmd: Sequence[str], logger: logging.Logger, *, timeout_s: float = 0, env: Optional[dict] = None,
+              cwd: Optional[Path] = None, prefix: str = "", grace_s: float = 10.0) -> None:
+    """Run ``cmd`` to completion under supervision (see the module doc); ``timeout_s`` 0 waits forever.
+
+    Raises TimeoutError after ``timeout_s`` and RuntimeError, with the last lines of output, on a
+    non-zero exit; the process tree is stopped first in both cases, and on any other exception.
+    """
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            text=True, errors="replace", start_new_session=True, env=env, cwd=cwd)
+    tail: deque = deque(maxlen=40)
+    reader = threading.Thread(target=_stream, args=(proc.stdout, logger, prefix, tail), daemon=True)
+    reader.start()
+    logger.info("%sstarted pid %d: %s", prefix, proc.pid, " ".join(cmd))
+    try:
+        proc.wait(timeout=timeout_s or None)
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"{prefix}{cmd[0]} ... still running after {timeout_s:g}s; stopped it and its children") \
+            from None
+    finally:
+        if proc.poll() is None:
+            stop_tree(proc, grace_s)
+        reader.join(timeout=5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:6])} ... exited with {proc.returncode}; last output:\n" + "\n".join(tail))
+
+
+def watch_supervisor(poll_s: float = 1.0) -> None:
+    """In a supervised child: end this process (exit code 1) once the supervisor named by
+    ``PLAD_SUPERVISOR_PID`` or this process's parent is gone. No-op without the variable."""
+    pid = os.environ.get(SUPERVISOR_ENV)
+    if not pid:
+        return
+    parent = os.getppid()
+    try:
+        supervisor = psutil.Process(int(pid))
+    except psutil.NoSuchProcess:
+        os._exit(1)
+
+    def alive() -> bool:
+        try:
+            return supervisor.is_running() and supervisor.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def watch() -> None:
+        while alive() and os.getppid() == parent:
+            time.sleep(poll_s)
+        try:
+            print(f"pid {os.getpid()}: supervisor {pid} or parent {parent} is gone; exiting", file=sys.stderr, flush=True)
+        except OSError:  # the supervisor read our output: with it gone, the pipe is broken
+            pass
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-supervisor", daemon=True).start()

@@ -1,0 +1,148 @@
+"""Calibration on 2 CPU ranks under torchrun (gloo on 127.0.0.1) against one process, and the
+supervisor that stops torchrun and its ranks on a timeout or when the launching process dies."""
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+from safetensors.torch import load_file
+
+from pair_fixtures import tldr_pairs, trainer_overrides
+from plad_core import calibrate_worker, launch, parallel
+from plad_core.config import load_config
+from plad_core.stages import calibrate_student
+from tiny import make_tiny_model
+
+
+def test_shard_pairs_splits_both_halves_and_pads_an_empty_share_with_a_weightless_pair():
+    import torch
+    batch = {"input_ids": torch.arange(6).unsqueeze(1), "chosen_score": torch.tensor([0.1, 0.2, 0.3])}  # 3 pairs
+    part0, n0, size = parallel.shard_pairs(batch, 0, 2)
+    part1, n1, _ = parallel.shard_pairs(batch, 1, 2)
+    assert (size, n0, n1) == (3, 2, 1)
+    assert part0["input_ids"].flatten().tolist() == [0, 1, 3, 4]  # chosen rows 0-1, rejected rows 0-1
+    assert part1["input_ids"].flatten().tolist() == [2, 5]
+    assert part1["chosen_score"].tolist() == pytest.approx([0.3])
+    part3, n3, _ = parallel.shard_pairs(batch, 3, 4)  # 3 pairs on 4 ranks: rank 3 gets a stand-in
+    assert n3 == 0 and part3["input_ids"].flatten().tolist() == [0, 3]
+    with pytest.raises(ValueError, match="'odd' has 4 rows"):
+        parallel.shard_pairs({**batch, "odd": torch.zeros(4)}, 0, 2)
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_match_one_process_on_the_same_global_batches(tmp_path, caplog):
+    model_dir = make_tiny_model(tmp_path / "student", layers=2, hidden=16)
+    frame = tldr_pairs(15)  # 13 trained on in batches of 3, 3, 3, 3, 1 pairs: ranks get 2+1, and 1+none
+    overrides = trainer_overrides(**{"eval_every": 1, "keep": "best"})
+    runs = {}
+    for nproc in (1, 2):
+        out, work = tmp_path / f"out{nproc}", tmp_path / f"work{nproc}"
+        out.mkdir()
+        work.mkdir()
+        cfg = load_config("base", overrides + [f"train.launch.nproc={nproc}"])
+        if nproc == 1:
+            stats = calibrate_student(cfg, frame, model_dir, out, work)
+        else:
+            caplog.set_level(logging.INFO, logger="test.ddp")
+            stats = calibrate_worker.run(cfg, frame, model_dir, out, work, logging.getLogger("test.ddp"))
+        runs[nproc] = (pd.read_parquet(out / "train_log.parquet"), load_file(out / "model" / "model.safetensors"), stats)
+    (log1, weights1, stats1), (log2, weights2, stats2) = runs[1], runs[2]
+    assert list(log2.columns) == list(log1.columns) and len(log1) == 3
+    assert log2[["step", "epoch", "tokens", "padding_share"]].equals(log1[["step", "epoch", "tokens", "padding_share"]])
+    for column in ["loss", "pair_accuracy", "margin", "grad_norm", "eval_loss", "eval_pair_accuracy", "eval_margin"]:
+        np.testing.assert_allclose(log2[column], log1[column], rtol=0, atol=1e-5, err_msg=column)
+    assert max(float((weights1[k] - weights2[k]).abs().max()) for k in weights1) <= 1e-5
+    assert stats2["kept_step"] == stats1["kept_step"] and stats2["held_out_pairs"] == stats1["held_out_pairs"] == 2
+    streamed = [r.getMessage() for r in caplog.records if r.name == "test.ddp"]
+    assert any(re.search(r"rank 0 .*plad.train: calibrate \(ranking\): step 3/3", m) for m in streamed), streamed[-20:]
+
+
+# A rank that reports its pid and then sleeps; it watches its supervisor like the real worker.
+SLEEPER = """
+import os, sys, time
+from pathlib import Path
+from plad_core.launch import watch_supervisor
+watch_supervisor(poll_s=0.2)
+Path(sys.argv[1], "rank-" + os.environ["RANK"] + ".pid").write_text(str(os.getpid()))
+print("rank", os.environ["RANK"], "ready", flush=True)
+time.sleep(600)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for_ranks(folder: Path, proc: subprocess.Popen | None = None, timeout_s: float = 120) -> list[int]:
+    deadline = time.time() + timeout_s
+    while len(files := sorted(folder.glob("rank-*.pid"))) < 2:
+        assert proc is None or proc.poll() is None, "the launching process ended early"
+        assert time.time() < deadline, "the ranks never started"
+        time.sleep(0.05)
+    time.sleep(0.1)  # both files are complete
+    return [int(f.read_text()) for f in files]
+
+
+def wait_until_gone(pids: list[int], timeout_s: float = 30) -> list[int]:
+    """The pids still alive after ``timeout_s``; those are then killed, so a failing test leaves none."""
+    deadline = time.time() + timeout_s
+    while (alive := [p for p in pids if not gone(p)]) and time.time() < deadline:
+        time.sleep(0.1)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+@pytest.mark.slow
+def test_the_supervisor_stops_torchrun_and_every_rank_on_timeout(tmp_path, caplog):
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    caplog.set_level(logging.INFO, logger="test.supervise")
+    started = time.time()
+    with pytest.raises(TimeoutError, match="still running after 12s"):
+        launch.supervise(launch.torchrun_command(2, [str(script), str(tmp_path)]), logging.getLogger("test.supervise"),
+                         timeout_s=12, env=launch.local_env(), grace_s=5)
+    assert time.time() - started < 12 + 5 + 10
+    messages = [r.getMessage() for r in caplog.records if r.name == "test.supervise"]
+    torchrun = int(re.search(r"started pid (\d+)", messages[0]).group(1))
+    ranks = wait_for_ranks(tmp_path, timeout_s=0)  # both ranks had started (and said so) before the timeout
+    assert {"rank 0 ready", "rank 1 ready"} <= set(messages)
+    assert wait_until_gone([torchrun, *ranks], timeout_s=0) == []
+
+
+# The launching process: supervises torchrun with no timeout, until it is killed.
+PARENT = """
+import logging, sys
+from plad_core import launch
+logging.basicConfig(level=logging.INFO)
+launch.supervise(launch.torchrun_command(2, sys.argv[1:]), logging.getLogger("parent"), env=launch.local_env())
+"""
+
+
+@pytest.mark.slow
+def test_ranks_end_when_the_launching_process_is_killed(tmp_path):
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(script), str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ranks = wait_for_ranks(tmp_path, parent)
+        [torchrun] = psutil.Process(parent.pid).children()
+        os.kill(parent.pid, signal.SIGKILL)  # no finally, no cleanup in the parent: the ranks must notice
+        parent.wait()
+        assert wait_until_gone([torchrun.pid, *ranks]) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
