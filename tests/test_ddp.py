@@ -132,7 +132,10 @@ launch.supervise(launch.torchrun_command(2, sys.argv[1:]), logging.getLogger("pa
 
 
 @pytest.mark.slow
-def test_ranks_end_when_the_launching_process_is_killed(tmp_path):
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["cancelled", "killed"])
+def test_ranks_end_when_the_launching_process_is_cancelled_or_killed(tmp_path, how):
+    """SIGINT: KeyboardInterrupt in the waiting thread, as a cancel raises there; the supervisor stops
+    the tree itself. SIGKILL: no cleanup runs in the parent; the ranks notice it is gone."""
     script = tmp_path / "sleeper.py"
     script.write_text(SLEEPER)
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(script), str(tmp_path)],
@@ -140,8 +143,8 @@ def test_ranks_end_when_the_launching_process_is_killed(tmp_path):
     try:
         ranks = wait_for_ranks(tmp_path, parent)
         [torchrun] = psutil.Process(parent.pid).children()
-        os.kill(parent.pid, signal.SIGKILL)  # no finally, no cleanup in the parent: the ranks must notice
-        parent.wait()
+        os.kill(parent.pid, how)
+        assert parent.wait(timeout=60) != 0
         assert wait_until_gone([torchrun.pid, *ranks]) == []
     finally:
         if parent.poll() is None:
