@@ -16,15 +16,17 @@ References
     (arXiv:2310.12036).
     CPO: Xu et al., 2024, "Contrastive Preference Optimization" (arXiv:2401.08417); hinge form as in TRL's
     CPOTrainer(loss_type="hinge").
+    KD: Hinton et al., 2015, "Distilling the Knowledge in a Neural Network" (arXiv:1503.02531); GKD: Agarwal et al.,
+    2024, "On-Policy Distillation of Language Models" (arXiv:2306.13649), generalised JSD.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from rouge_score import rouge_scorer
 
 
 def ranking_calibration_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, beta: float) -> torch.Tensor:
@@ -45,6 +47,11 @@ def ranking_calibration_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Ten
     return torch.clamp(beta - chosen_logp + rejected_logp, min=0).mean()
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """bf16/fp16 logits in float32 for the softmax; float32 and float64 unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def forward_kl_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
                                  temperature: float = 1.0) -> torch.Tensor:
     """Token-level KD (Hinton et al., 2015): mean over unmasked positions of KL(p_T || p_S) at ``temperature``,
@@ -55,10 +62,34 @@ def forward_kl_distillation_loss(student_logits: torch.Tensor, teacher_logits: t
         mask: (B, T), 1 where the position counts.
     """
     t = temperature
-    teacher_logp = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    student_logp = F.log_softmax(student_logits.float() / t, dim=-1)
+    teacher_logp = F.log_softmax(_at_least_float32(teacher_logits) / t, dim=-1)
+    student_logp = F.log_softmax(_at_least_float32(student_logits) / t, dim=-1)
     kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
     return (kl * mask).sum() / mask.sum().clamp(min=1) * t * t
+
+
+def jsd_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                          temperature: float = 1.0) -> torch.Tensor:
+    """Token-level KD with the Jensen-Shannon divergence (the generalised JSD of GKD, Agarwal et al., 2024,
+    "On-Policy Distillation of Language Models", arXiv:2306.13649, Eq. 2, at its symmetric point beta = 0.5):
+
+        JSD(p_T || p_S) = 1/2 KL(p_T || m) + 1/2 KL(p_S || m),   m = (p_T + p_S) / 2
+
+    per position, averaged over unmasked positions and scaled by temperature² like
+    ``forward_kl_distillation_loss``. Bounded by log 2, and unlike the forward KL it also penalises mass
+    the student puts where the teacher has none.
+
+    Args:
+        student_logits, teacher_logits: (..., V), same vocabulary (e.g. (B, T, V) or (N, V)).
+        mask: the leading shape of the logits, 1 where the position counts.
+    """
+    t = temperature
+    teacher_logp = F.log_softmax(_at_least_float32(teacher_logits) / t, dim=-1)
+    student_logp = F.log_softmax(_at_least_float32(student_logits) / t, dim=-1)
+    mixture_logp = torch.logsumexp(torch.stack([teacher_logp, student_logp]), dim=0) - math.log(2)
+    jsd = 0.5 * (teacher_logp.exp() * (teacher_logp - mixture_logp)).sum(-1) \
+        + 0.5 * (student_logp.exp() * (student_logp - mixture_logp)).sum(-1)
+    return (jsd * mask).sum() / mask.sum().clamp(min=1) * t * t
 
 
 def margin_calibration_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tensor, chosen_score: torch.Tensor,
@@ -93,6 +124,8 @@ def rouge_l_scores(chosen: Sequence[str], rejected: Sequence[str],
     Returns:
         (B,) float32 s(y_T) and (B,) float32 s(y_S).
     """
+    from rouge_score import rouge_scorer  # here, not at the top: the losses themselves need only torch
+
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     chosen_scores, rejected_scores = [], []
     for teacher, student, reference in zip(chosen, rejected, references, strict=True):

@@ -98,6 +98,20 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     return tokenizer
 
 
+def vocabulary_mismatch(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> str | None:
+    """Why a model with tokenizer ``b`` cannot read and score token ids of tokenizer ``a`` (the two must map
+    the same strings to the same ids and agree on EOS), or None when it can."""
+    vocab_a, vocab_b = a.get_vocab(), b.get_vocab()
+    if vocab_a != vocab_b:
+        only_one = len(vocab_a.keys() ^ vocab_b.keys())
+        moved = sum(vocab_a[t] != vocab_b[t] for t in vocab_a.keys() & vocab_b.keys())
+        return (f"the vocabularies differ ({len(vocab_a)} vs {len(vocab_b)} entries; {only_one} tokens in only one, "
+                f"{moved} with different ids)")
+    if a.eos_token_id != b.eos_token_id:
+        return f"the EOS ids differ ({a.eos_token_id} vs {b.eos_token_id})"
+    return None
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto``: the first CUDA GPU when there is one, else the CPU; otherwise any torch device string."""
     if device == "auto":
