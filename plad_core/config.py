@@ -112,6 +112,7 @@ class HealConfig:
     temperature: float = 1.0
     bf16: bool = True
     seed: int = 0
+    checkpoint_every: int = 25
 
 
 @dataclass

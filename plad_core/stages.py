@@ -145,7 +145,7 @@ def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, forc
         config = {"student": models.model_fingerprint(s.model, s.revision)}
         upstream: list[Artifact] = []
     else:
-        config = {"teacher": _teacher_identity(cfg), **config_slice(cfg, ["student.keep_layers", "student.heal"])}
+        config = {"teacher": _teacher_identity(cfg), **_training_slice(cfg, ["student.keep_layers", "student.heal"])}
         upstream = [data]
 
     def build(out: Path, work: Path) -> dict[str, Any]:
@@ -168,6 +168,7 @@ def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, forc
         teacher.requires_grad_(False)
         history = train.train_loop(student, batches, train.distill_step(student, teacher, heal.temperature),
                                    lr=heal.lr, max_steps=heal.steps, bf16=heal.bf16, seed=heal.seed,
+                                   checkpoint_every=heal.checkpoint_every, checkpoint_dir=work / CHECKPOINTS,
                                    desc="heal student")
         stats = {"layers": len(s.keep_layers), "perplexity_teacher": train.perplexity(teacher, tokenizer, held_out, heal.seq_len),
                  "perplexity_before_heal": before,
