@@ -12,15 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
+import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from plad_core import launch, parallel
+from plad_core.config import load_config
 
 STATS = "stats.json"
 
@@ -45,17 +48,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     for name in ("config", "pairs", "student", "out", "work"):
         parser.add_argument(f"--{name}", required=True)
     args = parser.parse_args(argv)
-    device = parallel.init_from_env()
-    rank = parallel.ranks().rank
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
-                        format=f"rank {rank} %(asctime)s %(levelname)s %(name)s: %(message)s")
     from plad_core import models, stages  # here: stages imports this module for run()
-    from plad_core.config import load_config
+    cfg = load_config(args.config)
+    device = parallel.init_from_env(models.resolve_device(cfg.device).type == "cuda")
+    r = parallel.ranks()
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format=f"rank {r.rank} %(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, [f"device={device}"])
-    models.set_threads(cfg.threads)
+    # torchrun sets OMP_NUM_THREADS=1; with threads: 0 the ranks share the machine's cores instead
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // r.world))
     stats = stages.calibrate_student(cfg, pd.read_parquet(args.pairs), Path(args.student), Path(args.out),
                                      Path(args.work))
-    if rank == 0:
+    if r.rank == 0:
         (Path(args.work) / STATS).write_text(json.dumps(stats))
     dist.destroy_process_group()
 

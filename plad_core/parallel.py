@@ -37,10 +37,10 @@ def ranks() -> Ranks:
     return Ranks()
 
 
-def init_from_env(timeout_s: float = 1800) -> torch.device:
+def init_from_env(cuda: bool, timeout_s: float = 1800) -> torch.device:
     """Join the process group ``torchrun`` describes in the environment (nccl on GPUs, gloo on CPUs)
     and return this rank's device (``cuda:LOCAL_RANK``, or the CPU)."""
-    if torch.cuda.is_available():
+    if cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", timeout=timedelta(seconds=timeout_s), device_id=device)
