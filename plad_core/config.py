@@ -62,7 +62,7 @@ class ApiConfig:
 
 @dataclass
 class SamplingConfig:
-    backend: str = "hf"
+    backend: str = "auto"
     n: int = 1
     temperature: float = 0.7
     top_p: float = 0.95

@@ -378,7 +378,7 @@ def check_train_loss(cfg: DictConfig) -> None:
     or dpkd / token_kd with a teacher behind an API, whose log-probs are not available."""
     loss, backend = cfg.train.loss, cfg.teacher.sampling.backend
     train.check_loss(loss, cfg.train.kd_divergence)
-    if loss in TEACHER_NEEDS and backend != "hf":
+    if loss in TEACHER_NEEDS and backend == "openai":  # hf, vllm and auto sample a local teacher model
         raise ValueError(f"train.loss={loss} needs the teacher's {TEACHER_NEEDS[loss]}, but "
                          f"teacher.sampling.backend={backend} gives only its text: set teacher.sampling.backend=hf "
                          f"with teacher.model a local or hub model that shares the student's tokenizer, or choose a "
