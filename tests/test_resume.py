@@ -125,8 +125,7 @@ def finish(proc: subprocess.Popen, root: Path) -> dict:
 @pytest.mark.slow
 def test_a_calibration_killed_from_outside_resumes_to_the_uninterrupted_weights(tmp_path):
     model_dir = make_tiny_model(tmp_path / "student", layers=2, hidden=16)
-    clean = finish(start(model_dir, tmp_path / "clean"), tmp_path / "clean")
-
+    uninterrupted = start(model_dir, tmp_path / "clean")  # runs alongside the killed one
     root = tmp_path / "killed"
     proc = start(model_dir, root)
     last = root / "work" / "checkpoints" / checkpoint.LAST
@@ -143,5 +142,6 @@ def test_a_calibration_killed_from_outside_resumes_to_the_uninterrupted_weights(
     assert 5 <= killed_at < 24
 
     resumed = finish(start(model_dir, root), root)
+    clean = finish(uninterrupted, tmp_path / "clean")
     assert f"resumed at step {killed_at} of 24" in root.with_suffix(".log").read_text()
     assert max(float((clean[k] - resumed[k]).abs().max()) for k in clean) <= 1e-6
