@@ -361,7 +361,7 @@ def build_blocks(metrics: dict[str, Any], generations: pd.DataFrame, references:
         f"({n_resamples} resamples, seed {settings['seed']}).")]
 
     table = results_table(metrics)
-    judged = " and the judge's win rates (x100, see Judge win rate)" if len(table.header) > 6 else ""
+    judged = " and the judge's win rates (x100, see Judge win rate)" if metrics.get("judge") else ""
     report += [Heading("Results"), Para(f"ROUGE F1 (x100), mean output length in tokens{judged}, each with its "
                                         "95% CI."), table]
     summary += [Para(f"ROUGE F1 (x100), mean output tokens{judged}, with 95% bootstrap CIs:"), table]
