@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/sampling.py [--prompts 32] [--max-new-tokens 48] [--batch-size 16] [--threads 1]
 
-Same prompts (real TL;DR posts from ../shared/data/tldr/validation.jsonl rendered with the student
-template, truncated to student.prompt.max_tokens), same max_new_tokens, greedy decoding, on the
-real embedded teacher (SmolLM2-135M-Instruct):
+Same prompts (real TL;DR posts from ../shared/data/tldr/validation.jsonl rendered as the
+sample_teacher stage renders them: base.yaml's teacher template with its fewshot_k worked examples,
+truncated to teacher.prompt.max_tokens; ``--template student``: the bare student template), same
+max_new_tokens, greedy decoding, on the real embedded teacher (SmolLM2-135M-Instruct):
 
 (a) naive: ``model.generate`` one prompt at a time, float32;
-(b) ours: ``plad_core.sampling.hf.generate``, length-sorted batches of --batch-size, bfloat16;
+(b) ours: ``plad_core.sampling.hf.generate``, length-sorted batches of --batch-size, bfloat16, the
+    prompts' shared prefix (the worked examples) run once and its key/value cache reused;
 (c) ours: ``plad_core.sampling.vllm_backend.generate``, every prompt in one call (vLLM schedules its
     own batches), bfloat16; skipped with a note when vllm is not installed.
 
@@ -90,6 +92,8 @@ def main() -> None:
     # ran the naive loop 9x slower (76 s vs 8.8 s for 4 prompts), which says nothing about batching.
     p.add_argument("--threads", type=int, default=1, help="cores for each system (torch threads; vLLM's bound CPUs)")
     p.add_argument("--skip", default="", help="comma-separated systems to leave out: a, b, c")
+    p.add_argument("--template", choices=("teacher", "student"), default="teacher",
+                   help="teacher: the sample_teacher stage's few-shot prompts; student: the bare template")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     models.set_threads(args.threads)
@@ -97,14 +101,20 @@ def main() -> None:
                           vllm_backend.cpu_threads_bind(sorted(os.sched_getaffinity(0))[:args.threads]))
 
     cfg = load_config("base")
-    rows = pd.DataFrame(data_lib.load_rows(args.data, "auto", "tldr").rows[:args.prompts])
+    loaded = pd.DataFrame(data_lib.load_rows(args.data, "auto", "tldr").rows)
+    rows = loaded.head(args.prompts)
+    prompt_cfg = cfg[args.template].prompt
+    # the teacher's worked examples: the shortest posts of the next 512 rows (the stage takes the labeled split's)
+    examples = data_lib.fewshot_examples(loaded.iloc[args.prompts:args.prompts + 512], prompt_cfg.fewshot_k, "post")
     model, tokenizer = models.load_model(MODEL, args.cache_dir, device="cpu")
-    prompts, truncated = data_lib.build_prompts(rows, tokenizer, cfg.student.prompt.template, [], "",
-                                                cfg.student.prompt.max_tokens)
+    prompts, truncated = data_lib.build_prompts(rows, tokenizer, prompt_cfg.template, examples,
+                                                prompt_cfg.fewshot_separator, prompt_cfg.max_tokens)
     prompt_tokens = [count_tokens(tokenizer, q) for q in prompts]
-    print(f"{len(prompts)} TL;DR prompts (student template; {truncated} truncated to "
-          f"{cfg.student.prompt.max_tokens} tokens), prompt tokens mean {sum(prompt_tokens) / len(prompts):.0f} "
-          f"max {max(prompt_tokens)}; max_new_tokens {args.max_new_tokens}; greedy", flush=True)
+    encoded = [tokenizer(q, add_special_tokens=False)["input_ids"] for q in prompts]
+    print(f"{len(prompts)} TL;DR prompts ({args.template} template, {len(examples)} worked examples; {truncated} "
+          f"truncated to {prompt_cfg.max_tokens} tokens), prompt tokens mean {sum(prompt_tokens) / len(prompts):.0f} "
+          f"max {max(prompt_tokens)}, shared prefix {hf.shared_prefix_length(encoded)}; "
+          f"max_new_tokens {args.max_new_tokens}; greedy", flush=True)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
 

@@ -2,7 +2,7 @@ import pyarrow.parquet as pq
 import torch
 
 from plad_core.models import load_model
-from plad_core.sampling.hf import Generation, generate
+from plad_core.sampling.hf import MIN_SHARED_PREFIX, Generation, generate, shared_prefix_length
 from plad_core.sampling.shards import sample_sharded, shard_seed
 from tiny import make_tiny_model
 
@@ -67,3 +67,24 @@ def test_earlier_samples_are_reused_for_recurring_ids_with_the_same_prompt(tmp_p
     assert stats["reused_rows"] == 1 and stats["generated_prompts"] == 2 and stats["rows"] == 3
     rows = {r["id"]: r["text"] for r in pq.read_table(tmp_path / "night2.parquet").to_pylist()}
     assert rows["a"] == earlier.loc[earlier["id"] == "a", "text"].item()
+
+
+def test_a_shared_prompt_prefix_is_computed_once_and_gives_the_same_samples(tmp_path):
+    model, tokenizer = load_model(str(make_tiny_model(tmp_path / "m")), tmp_path)
+    examples = "SUBREDDIT: r/x\n\nPOST: " + " ".join(f"word{i}" for i in range(40)) + "\n\nTL;DR: a summary"
+    prompts = [f"{examples}\n\n###\n\nPOST: {'more ' * k}\n\nTL;DR:" for k in (1, 7, 3, 12, 5)]
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = shared_prefix_length(encoded)
+    assert MIN_SHARED_PREFIX <= shared < min(map(len, encoded))
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2 and shared_prefix_length([[1, 2], [3]]) == 0
+    prefix_passes = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: prefix_passes.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    kwargs = dict(n=2, temperature=1.0, top_p=0.95, max_new_tokens=8, batch_size=2, seed=4)
+    reused = generate(model, tokenizer, prompts, **kwargs)
+    hook.remove()
+    whole = generate(model, tokenizer, prompts, share_prefix=False, **kwargs)
+    # one forward over the prefix alone, then each batch's first forward sees only what follows it
+    assert prefix_passes[0] == (1, shared) and prefix_passes[1][1] == max(len(encoded[i]) for i in (0, 2)) - shared
+    assert [(g.prompt_index, g.sample_index, g.text, g.prompt_tokens) for g in reused] == \
+        [(g.prompt_index, g.sample_index, g.text, g.prompt_tokens) for g in whole]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -25,27 +26,68 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:min(cuts)], True) if cuts else (text, False)
 
 
+# Below this many shared tokens a prompt-prefix cache saves less than its bookkeeping costs.
+MIN_SHARED_PREFIX = 32
+
+
+def shared_prefix_length(encoded: Sequence[Sequence[int]]) -> int:
+    """Tokens at the start of every sequence in ``encoded``, leaving each at least one token of its own."""
+    shortest = min(len(e) for e in encoded)
+    first = encoded[0]
+    for i in range(shortest - 1):
+        if any(e[i] != first[i] for e in encoded):
+            return i
+    return max(shortest - 1, 0)
+
+
+def _prefix_cache(model: PreTrainedModel, prefix: Sequence[int]) -> Any:
+    """The key/value cache of ``prefix`` (one sequence), computed once and copied for each batch."""
+    ids = torch.tensor([list(prefix)], device=model.device)
+    return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
+
+
 @torch.inference_mode()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, n: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 48, batch_size: int = 16,
-             seed: int = 0, stop: Sequence[str] = (), desc: str = "generate") -> list[Generation]:
+             seed: int = 0, stop: Sequence[str] = (), share_prefix: bool = True,
+             desc: str = "generate") -> list[Generation]:
     """n completions per prompt; greedy when ``temperature == 0``.
 
     Prompts are sorted by token length so each batch pads little; the generation stops at EOS or at
     any of ``stop`` (the stop string itself is not part of the text). Results come back in input order.
+
+    With ``share_prefix``, when all prompts start with the same ``MIN_SHARED_PREFIX`` or more tokens
+    (a few-shot teacher prompt's worked examples), that prefix runs through the model once and every
+    batch starts from a copy of its key/value cache: each row is prefix + left-padded rest, the pads
+    masked out and the positions counted past them, so the model computes what it would on the
+    whole prompt, without recomputing the prefix per row.
     """
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = shared_prefix_length(encoded) if share_prefix and encoded else 0
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    prefix_cache = _prefix_cache(model, encoded[0][:shared]) if shared else None
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     results: list[Generation] = []
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         batch_idx = order[start:start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in batch_idx]}, return_tensors="pt").to(model.device)
+        batch = tokenizer.pad({"input_ids": [encoded[i][shared:] for i in batch_idx]}, return_tensors="pt")
+        extra: dict[str, Any] = {"num_return_sequences": n}
+        if prefix_cache is not None:
+            rows = len(batch_idx) * n  # the n samples of a prompt are rows of their own, as generate expands them
+            batch = {k: v.repeat_interleave(n, dim=0) for k, v in batch.items()}
+            prefix = torch.tensor(encoded[batch_idx[0]][:shared]).expand(rows, shared)
+            batch = {"input_ids": torch.cat([prefix, batch["input_ids"]], dim=1),
+                     "attention_mask": torch.cat([torch.ones_like(prefix), batch["attention_mask"]], dim=1)}
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(rows)
+            extra = {"num_return_sequences": 1, "past_key_values": cache}
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         out = model.generate(
-            **batch, max_new_tokens=max_new_tokens, num_return_sequences=n, pad_token_id=tokenizer.pad_token_id,
-            stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None, **sampling)
+            **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+            stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None, **extra, **sampling)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         for row, tokens in enumerate(new_tokens):
             prompt_index = batch_idx[row // n]
