@@ -141,11 +141,11 @@ def test_a_config_change_rebuilds_that_stage_and_downstream_only(first_run, tiny
     root, overrides = tiny
     keys = {s: __import__("pathlib").Path(p).name for s, p in first_run["artifacts"].items()}
 
-    def keys_with(extra):
+    def keys_with(extra, last="evaluate"):
         cfg = load_config("tldr", overrides + extra)
         store = ArtifactStore(cfg.artifacts_root)
         done = {}
-        run_stage("evaluate", cfg, store, done=done)
+        run_stage(last, cfg, store, done=done)
         return {s: a.key for s, a in done.items()}
 
     beta = keys_with(["train.beta=0.5"])
@@ -156,8 +156,8 @@ def test_a_config_change_rebuilds_that_stage_and_downstream_only(first_run, tiny
     assert [s for s in STAGES if sft[s] != keys[s]] == ["sft_student", "sample_student", "build_pairs",
                                                        "score_pairs", "calibrate", "evaluate"]
     # score_pairs' key holds what it scores, not the loss: dpo and ipo share the SFT reference's scores
-    dpo, ipo = keys_with(["train.loss=dpo"]), keys_with(["train.loss=ipo"])
-    assert [s for s in STAGES if dpo[s] != keys[s]] == ["score_pairs", "calibrate", "evaluate"]
+    dpo, ipo = keys_with(["train.loss=dpo"], "calibrate"), keys_with(["train.loss=ipo"], "calibrate")
+    assert [s for s in dpo if dpo[s] != keys[s]] == ["score_pairs", "calibrate"]
     assert dpo["score_pairs"] == ipo["score_pairs"] and dpo["calibrate"] != ipo["calibrate"]
 
 
@@ -209,7 +209,8 @@ def test_library_never_imports_prefect():
 
 # Every train.loss through the flow on first_run's store: only score_pairs, calibrate and evaluate are built.
 FLOW_LOSSES = [loss for loss in LOSS_NAMES if loss != "ranking"]  # ranking is first_run's
-FAST_EVAL = ["eval.calibration_samples=0", "promotion.enabled=false"]
+FAST_EVAL = ["eval.systems=[sft,plad]", "eval.calibration_samples=0", "eval.judge.enabled=false",
+             "eval.n_resamples=100", "promotion.enabled=false"]
 
 
 @pytest.mark.slow
@@ -233,7 +234,7 @@ def test_every_train_loss_runs_through_the_flow(first_run, tiny, loss):
     assert log["pair_accuracy"].between(0, 1).all()
     assert json.loads((paths["calibrate"] / MANIFEST).read_text())["config"]["train"]["loss"] == loss
     assert ("teacher" in manifest(paths["calibrate"])["config"]) == (loss == "token_kd")
-    assert sorted(result["metrics"]) == ["plad", "sft", "teacher"]
+    assert sorted(result["metrics"]) == ["plad", "sft"]
     assert all(math.isfinite(v) for v in result["metrics"]["plad"].values())
 
 
