@@ -37,7 +37,8 @@ def run(cfg: DictConfig, frame: pd.DataFrame, student_dir: Path, out: Path, work
     args = ["--config", str(config_path), "--pairs", str(pairs_path), "--student", str(student_dir),
             "--out", str(out), "--work", str(work)]
     n = cfg.train.launch.nproc
-    launch.supervise(launch.torchrun_command(n, ["-m", __name__, *args]), logger, timeout_s=cfg.train.launch.timeout_s,
+    command = launch.torchrun_command(n, ["-m", __name__, *args], private_network=cfg.train.launch.private_network)
+    launch.supervise(command, logger, timeout_s=cfg.train.launch.timeout_s,
                      env=launch.local_env(), prefix=f"torchrun x{n}: ")
     return json.loads((work / STATS).read_text())
 

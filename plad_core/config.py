@@ -138,6 +138,7 @@ class LaunchConfig:
     """How calibration runs: in this process, or under ``torchrun`` (``plad_core.launch``)."""
     nproc: int = 1
     timeout_s: float = 0.0
+    private_network: bool = True
 
 
 @dataclass

@@ -15,8 +15,10 @@ torchrun's process group reaches them. ``supervise`` therefore
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +32,7 @@ from typing import Optional, Sequence
 import psutil
 
 SUPERVISOR_ENV = "PLAD_SUPERVISOR_PID"
+log = logging.getLogger("plad.launch")
 
 
 def free_port() -> int:
@@ -39,11 +42,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(nproc: int, program: Sequence[str], port: Optional[int] = None) -> list[str]:
+# Runs the rest of the command line in a new network namespace whose only interface is loopback.
+_LOOPBACK_ONLY = ["sh", "-c", 'ip link set lo up && exec "$@"', "sh"]
+
+
+@functools.lru_cache(maxsize=1)
+def private_network_prefix() -> tuple[str, ...]:
+    """The command prefix that runs a program in a private network namespace (loopback only), or ()
+    where this machine does not allow one (no ``unshare``/``ip``, or user namespaces disabled).
+
+    torch's rendezvous store (TCPStore) listens on every interface and has no bind-address option;
+    inside such a namespace every interface is loopback, so nothing a single-node job opens is
+    reachable from the network."""
+    if not (shutil.which("unshare") and shutil.which("ip")):
+        return ()
+    for unshare in (["unshare", "--net", "--"], ["unshare", "--map-root-user", "--net", "--"]):
+        probe = subprocess.run([*unshare, *_LOOPBACK_ONLY, "true"], capture_output=True)
+        if probe.returncode == 0:
+            return (*unshare, *_LOOPBACK_ONLY)
+    return ()
+
+
+def torchrun_command(nproc: int, program: Sequence[str], port: Optional[int] = None,
+                     private_network: bool = True) -> list[str]:
     """``torchrun --nproc-per-node N <program>`` (``["-m", module, *args]`` or ``[script, *args]``) on
     this machine, its rendezvous on 127.0.0.1, no restarts (a failed rank fails the run; the stage's
-    checkpoints let a rerun resume)."""
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
+    checkpoints let a rerun resume). With ``private_network`` it runs in a loopback-only network
+    namespace where the machine allows one (``private_network_prefix``; a warning where not)."""
+    prefix: tuple[str, ...] = ()
+    if private_network:
+        prefix = private_network_prefix()
+        if not prefix:
+            log.warning("no private network namespace here (unshare --net not permitted): torch's rendezvous "
+                        "store will listen on every interface while the job runs")
+    return [*prefix, sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
             "--master-addr=127.0.0.1", f"--master-port={port or free_port()}", "--max-restarts=0", *program]
 
 

@@ -149,3 +149,41 @@ def test_ranks_end_when_the_launching_process_is_cancelled_or_killed(tmp_path, h
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+# Two gloo ranks that all-reduce their rank ids, then hold the job open so its sockets can be inspected.
+ALL_REDUCE = """
+import sys, time, torch, torch.distributed as dist
+from pathlib import Path
+dist.init_process_group("gloo")
+total = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(total)
+Path(sys.argv[1], f"rank{dist.get_rank()}.sum").write_text(str(total.item()))
+time.sleep(3)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_runs_in_a_private_network_namespace_and_listens_on_nothing_here(tmp_path):
+    if not launch.private_network_prefix():
+        pytest.skip("this machine allows no network namespace (unshare --net)")
+    script = tmp_path / "all_reduce.py"
+    script.write_text(ALL_REDUCE)
+    port = launch.free_port()
+    command = launch.torchrun_command(2, [str(script), str(tmp_path)], port=port)
+    assert command[0] == "unshare"
+    listening = []
+    job = subprocess.Popen(command, env=launch.local_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    try:
+        while job.poll() is None:
+            # /proc/net/tcp is per network namespace: the job's rendezvous store must not show up in ours.
+            listening += [c.laddr for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port]
+            time.sleep(0.2)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 0
+    assert [(tmp_path / f"rank{r}.sum").read_text() for r in (0, 1)] == ["3.0", "3.0"]
+    assert listening == []
