@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pandas as pd
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
-
 from plad_core import report
 from plad_core.artifacts import Artifact, ArtifactStore, artifact_key
-from plad_core.config import CONF_DIR, ConfigError, load_config
+from plad_core.config import ConfigError, load_config
+from plad_core.experiments import load_experiment_file
 from plad_core.pairs import prompts_used
 
 STAGE, VERSION = "data_scale", 1
@@ -44,15 +42,7 @@ class ScaleExperiment:
 
 def load_experiment(name_or_path: str) -> ScaleExperiment:
     """An experiment by name under conf/experiments/ or by YAML path, strictly (unknown keys fail)."""
-    path = Path(name_or_path) if name_or_path.endswith((".yaml", ".yml")) else CONF_DIR / "experiments" / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (CONF_DIR / "experiments").glob("*.yaml")))
-        raise ConfigError(f"experiment '{name_or_path}' not found at {path}; known experiments: {known}")
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(ScaleExperiment), OmegaConf.load(path))
-    except (ConfigKeyError, ValidationError) as err:
-        raise ConfigError(f"{path}: {err.msg} (keys: {', '.join(f.name for f in ScaleExperiment.__dataclass_fields__.values())})") from None
-    exp = ScaleExperiment(**OmegaConf.to_container(merged))
+    exp, path = load_experiment_file(ScaleExperiment, name_or_path)
     fractions = list(exp.fractions)
     if not fractions or fractions != sorted(set(fractions)) or not all(0 < f <= 1 for f in fractions):
         raise ConfigError(f"{path}: fractions {fractions} must be increasing, distinct and in (0, 1]")

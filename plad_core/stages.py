@@ -52,7 +52,8 @@ DEPENDENCIES: dict[str, tuple[str, ...]] = {
 
 # Bump a stage's version when its code changes what it produces: its artifacts and all downstream ones rebuild.
 VERSIONS = {name: 1 for name in DEPENDENCIES}
-VERSIONS["evaluate"] = 3  # v2: bootstrap CIs, paired test, calibration, length buckets, report.html; v3: judge win rates
+VERSIONS["evaluate"] = 4  # v2: bootstrap CIs, paired test, calibration, length buckets, report.html; v3: judge win rates;
+                          # v4: each system's outputs read from a dev_outputs artifact (run_dev_outputs)
 
 MODEL_DIR = "model"
 DATA_SLICE = ["data.task", "data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
@@ -374,10 +375,12 @@ def _text_only_losses() -> str:
 
 
 def check_train_loss(cfg: DictConfig) -> None:
-    """Fail fast on a ``train.loss`` this config cannot train: an unknown name (or ``train.kd_divergence``),
-    or dpkd / token_kd with a teacher behind an API, whose log-probs are not available."""
+    """Fail fast on a ``train.loss`` this config cannot train: an unknown name (or ``train.kd_divergence``,
+    ``train.pair_forward``), shared_prefix with gradient checkpointing, or dpkd / token_kd with a teacher
+    behind an API, whose log-probs are not available."""
     loss, backend = cfg.train.loss, cfg.teacher.sampling.backend
     train.check_loss(loss, cfg.train.kd_divergence)
+    train.check_pair_forward(cfg.train.pair_forward, cfg.train.optim.gradient_checkpointing)
     if loss in TEACHER_NEEDS and backend == "openai":  # hf, vllm and auto sample a local teacher model
         raise ValueError(f"train.loss={loss} needs the teacher's {TEACHER_NEEDS[loss]}, but "
                          f"teacher.sampling.backend={backend} gives only its text: set teacher.sampling.backend=hf "
@@ -542,6 +545,74 @@ def _calibration_samples(model: Any, tokenizer: Any, system: str, dev: pd.DataFr
                          "rougeL": list(quality)})
 
 
+# One model's dev outputs are an artifact of their own (``run_dev_outputs``), keyed by the model and
+# these eval keys only, so every evaluation and table that shows the same model reuses them.
+GENERATION_SLICE = ["eval.max_new_tokens", "eval.batch_size", "eval.stop", "eval.dtype", "eval.rouge_stemmer"]
+CALIBRATION_SLICE = ["eval.calibration_samples", "eval.calibration_rows", "eval.calibration_temperature",
+                     "eval.calibration_top_p", "eval.seed"]
+VERSIONS["dev_outputs"] = 1
+
+
+def _calibration_k(cfg: DictConfig) -> int:
+    """``eval.calibration_samples``, checked: 0 (off) or at least 2 samples to rank per prompt."""
+    k = cfg.eval.calibration_samples
+    if k == 1 or k < 0:
+        raise ValueError(f"eval.calibration_samples={k}: use 0 (off) or at least 2 samples to rank per prompt")
+    return k
+
+
+def run_dev_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model: Artifact | None = None,
+                    force: bool = False, on_calibration: Callable[[], None] | None = None) -> Artifact:
+    """One model's outputs on the dev split, cached apart from the evaluations that read them.
+
+    ``model`` None is the teacher (keyed by its fingerprint and ``teacher.prompt``); otherwise a student
+    artifact, ``sft_student`` or ``calibrate`` (keyed by its artifact key and ``student.prompt``), which
+    also gets ``eval.calibration_samples`` scored samples per prompt when that is > 0. Writes
+    generations.parquet (id, text, output_tokens, rouge1, rouge2, rougeL: greedy, ROUGE F1 against the
+    references) and, for a student with K > 0, calibration_samples.parquet (``_calibration_samples``'s
+    columns). Neither has a system column: one model is "plad" in an evaluation and "seqkd" in a table,
+    so readers name it (``dev_frames``). ``on_calibration()`` is called as calibration sampling starts."""
+    teacher = model is None
+    k = _calibration_k(cfg)
+    sampled = not teacher and k > 0
+    config = {**config_slice(cfg, GENERATION_SLICE + (CALIBRATION_SLICE if sampled else [])),
+              **({"teacher": _teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])} if teacher
+                 else config_slice(cfg, ["student.prompt"]))}
+    upstream = [data] if teacher else [data, model]
+    label = "teacher" if teacher else model.stage
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        dev = _rows(data, "dev")
+        loaded, prompt_cfg = ((_load_teacher(cfg), cfg.teacher.prompt) if teacher
+                              else (_load_artifact_model(model, cfg), cfg.student.prompt))
+        started = time.perf_counter()
+        generations = _generate_and_score(*loaded, label, dev, data, prompt_cfg, cfg).drop(columns="system")
+        generations.to_parquet(out / "generations.parquet", index=False)
+        seconds = {"generate": round(time.perf_counter() - started, 1)}
+        stats: dict[str, Any] = {"rows": len(generations), "rougeL": float(generations["rougeL"].mean())}
+        if sampled:
+            if on_calibration:
+                on_calibration()
+            started = time.perf_counter()
+            samples = _calibration_samples(*loaded, label, dev, data, cfg).drop(columns="system")
+            samples.to_parquet(out / "calibration_samples.parquet", index=False)
+            seconds["calibration"] = round(time.perf_counter() - started, 1)
+            stats["calibration_samples"] = len(samples)
+        return {**stats, "seconds": seconds}
+
+    return _materialize(store, "dev_outputs", config, upstream, build, force)
+
+
+def dev_frames(outputs: Artifact, system: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A dev_outputs artifact's generations and calibration samples (None when it has none), each
+    with ``system`` as its first column."""
+    def named(path: Path) -> pd.DataFrame:
+        frame = pd.read_parquet(path)
+        return frame.assign(system=system)[["system", *frame.columns]]
+    samples = outputs.file("calibration_samples.parquet")
+    return named(outputs.file("generations.parquet")), named(samples) if samples.is_file() else None
+
+
 def _judge_prompt(cfg: DictConfig) -> judge_lib.JudgePrompt:
     spec = data_lib.task_spec(cfg.data.task)
     return judge_lib.JudgePrompt.load(judge_lib.prompt_path(cfg.eval.judge.prompt), spec.fields)
@@ -564,7 +635,7 @@ def _judge_identity(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _run_judge(cfg: DictConfig, dev: pd.DataFrame, generations: pd.DataFrame,
-               progress: Callable[[float], None]) -> pd.DataFrame:
+               progress: Callable[[float], None] | None) -> pd.DataFrame:
     """The judge's verdicts on every (system, opponent) pair of the first ``eval.judge.rows`` dev rows."""
     j, e = cfg.eval.judge, cfg.eval
     judge, counter = judge_lib.make_judge(j, cfg.cache_dir, cfg.device, e.dtype, e.seed)
@@ -573,6 +644,31 @@ def _run_judge(cfg: DictConfig, dev: pd.DataFrame, generations: pd.DataFrame,
     prefixes = prompt.fill_prefixes(rows, counter, j.max_tokens, data_lib.task_spec(cfg.data.task))
     return judge_lib.judge_systems(judge, prompt, prefixes, dict(zip(dev["id"], dev["reference"])), generations,
                                    progress)
+
+
+VERSIONS["judgments"] = 1
+
+
+def run_judgments(cfg: DictConfig, store: ArtifactStore, data: Artifact, outputs: dict[str, Artifact],
+                  force: bool = False, progress: Callable[[float], None] | None = None) -> Artifact:
+    """The judge's verdicts (``eval.judge``) on named dev outputs (``run_dev_outputs`` artifacts): each
+    system against the human reference and against the one named "sft", in both orders, every row's
+    judgments sharing one prefix pass (``judgments.parquet``, ``judge.JUDGMENT_COLUMNS``). Keyed by the
+    judge and the names and keys of the outputs, so a table re-rendered with the same systems reuses it.
+    ``progress(fraction)``, when given, follows the judge."""
+    if not cfg.eval.judge.enabled:
+        raise ValueError("run_judgments needs eval.judge.enabled=true")
+    config = {"judge": _judge_identity(cfg), "systems": {name: a.key for name, a in outputs.items()}}
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        generations = pd.concat([dev_frames(a, name)[0] for name, a in outputs.items()], ignore_index=True)
+        started = time.perf_counter()
+        judgments = _run_judge(cfg, _rows(data, "dev"), generations, progress)
+        judgments.to_parquet(out / "judgments.parquet", index=False)
+        return {"judgments": len(judgments), "rows": int(judgments["id"].nunique()),
+                "seconds": round(time.perf_counter() - started, 1)}
+
+    return _materialize(store, "judgments", config, [data], build, force)
 
 
 def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact, calibrated: Artifact,
@@ -593,36 +689,30 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
     config["eval"] = {**config["eval"], "judge": _judge_identity(cfg)}
     upstream = [data, sft, calibrated]
     key = _key("evaluate", config, upstream)
-    k = cfg.eval.calibration_samples
-    if k == 1 or k < 0:
-        raise ValueError(f"eval.calibration_samples={k}: use 0 (off) or at least 2 samples to rank per prompt")
+    k = _calibration_k(cfg)
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         dev = _rows(data, "dev")
-        loaders = {"teacher": (lambda: _load_teacher(cfg), cfg.teacher.prompt),
-                   "sft": (lambda: _load_artifact_model(sft, cfg), cfg.student.prompt),
-                   "plad": (lambda: _load_artifact_model(calibrated, cfg), cfg.student.prompt)}
-        unknown = [s for s in systems if s not in loaders]
+        models_of = {"teacher": None, "sft": sft, "plad": calibrated}
+        unknown = [s for s in systems if s not in models_of]
         if unknown:
-            raise ValueError(f"eval.systems has unknown names {unknown}; known: {list(loaders)}")
+            raise ValueError(f"eval.systems has unknown names {unknown}; known: {list(models_of)}")
         e = cfg.eval
         steps = Steps([step for s in systems for step in
                        [f"generate {s}", *([f"calibration samples {s}"] if k and s in CALIBRATED_SYSTEMS else [])]]
                       + (["judge"] if e.judge.enabled else []) + ["metrics and report"], progress)
-        frames, sampled = [], []
-        seconds = {"generate": 0.0, "calibration": 0.0}
+        frames, sampled, outputs = [], [], {}
+        seconds = {"generate": 0.0, "calibration": 0.0}  # spent building the dev outputs, here or by an earlier run
         for system in systems:
             steps.report(f"generate {system}")
-            load, prompt_cfg = loaders[system]
-            model, tokenizer = load()
-            started = time.perf_counter()
-            frames.append(_generate_and_score(model, tokenizer, system, dev, data, prompt_cfg, cfg))
-            seconds["generate"] += time.perf_counter() - started
-            if k and system in CALIBRATED_SYSTEMS:
-                steps.report(f"calibration samples {system}")
-                started = time.perf_counter()
-                sampled.append(_calibration_samples(model, tokenizer, system, dev, data, cfg))
-                seconds["calibration"] += time.perf_counter() - started
+            outputs[system] = run_dev_outputs(cfg, store, data, models_of[system],
+                                              on_calibration=lambda s=system: steps.report(f"calibration samples {s}"))
+            generated, samples = dev_frames(outputs[system], system)
+            frames.append(generated)
+            if samples is not None:
+                sampled.append(samples)
+            for name, value in outputs[system].manifest["stats"]["seconds"].items():
+                seconds[name] += value
         generations = pd.concat(frames, ignore_index=True)
         judgments = None
         if e.judge.enabled:
@@ -651,6 +741,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
             prompt=[data_lib.render_prompt(r, template, [], "") for r in dev.to_dict("records")])
         log_path = calibrated.file("train_log.parquet")
         keys = {"evaluate": key, **{a.stage: a.key for a in upstream},
+                **{f"dev_outputs ({s})": a.key for s, a in outputs.items()},
                 **{f"{s} (calibrate's upstream)": v for s, v in calibrated.manifest.get("upstream", {}).items()
                    if s != "sft_student"}}
         summary = report.write_report(
