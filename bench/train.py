@@ -87,6 +87,13 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far: unlike wall time, barely moved by other
+    processes competing for the cores (OpenMP spin-waits still count)."""
+    times = os.times()
+    return times.user + times.system
+
+
 # --------------------------------------------------------------------------- one variant, one process
 
 def load_student(args):
@@ -131,12 +138,12 @@ def run_ours(args, pair_forward: str) -> dict:
     batches = pair_batches(frame, tokenizer, cfg)
     step = train.calibration_step(model, cfg.loss, cfg.beta, pair_forward=pair_forward)
     before = peak_memory_start(args.device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     history = train.train_loop(model, batches, step, **train.optim_kwargs(o), desc=pair_forward)
     sync(args.device)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     prompt_positions = sum(b["prompt_ids"].numel() + b["completion_ids"].numel() for b in batches)
-    return {"seconds": seconds, "steps": len(history), "mean_loss": sum(h["loss"] for h in history) / len(history),
+    return {"seconds": seconds, "cpu_seconds": cpu, "steps": len(history), "mean_loss": sum(h["loss"] for h in history) / len(history),
             "tokens": int(sum(b["attention_mask"].sum() for b in batches)), "before": before,
             "peak": peak_memory(args.device),
             "trunk_positions": prompt_positions if pair_forward == "shared_prefix"
@@ -177,11 +184,11 @@ def run_trl(args) -> dict:
         tokens = sum(len(x) for x in trainer.train_dataset["chosen_input_ids"]) + \
             sum(len(x) for x in trainer.train_dataset["rejected_input_ids"])
         before = peak_memory_start(args.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         result = trainer.train()
         sync(args.device)
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "steps": result.global_step, "mean_loss": result.training_loss,
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    return {"seconds": seconds, "cpu_seconds": cpu, "steps": result.global_step, "mean_loss": result.training_loss,
             "tokens": tokens, "before": before, "peak": peak_memory(args.device), "trunk_positions": None}
 
 
@@ -213,17 +220,19 @@ def compare(args) -> None:
             sys.exit(f"{variant} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         results[variant] = json.loads(lines[-1][len("RESULT "):])
         r = results[variant]
-        print(f"  {variant}: {r['seconds']:.1f} s, {r['steps']} steps, mean loss {r['mean_loss']:.4f}", flush=True)
+        print(f"  {variant}: {r['seconds']:.1f} s ({r['cpu_seconds']:.1f} s CPU), {r['steps']} steps, mean loss {r['mean_loss']:.4f}", flush=True)
     memory = "peak CUDA allocated" if args.device == "cuda" else "peak RSS"
     trl = results["trl"]
-    print(f"\n| | seconds | tokens/s | {memory} MiB | rise during epoch MiB | tokens/s vs TRL |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"\n| | seconds | CPU seconds | tokens/s | {memory} MiB | rise during epoch MiB | tokens/s vs TRL "
+          f"| by CPU time |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     names = {"shared_prefix": "ours, shared_prefix", "concatenated": "ours, concatenated",
              "trl": "TRL CPOTrainer hinge"}
     for variant, r in results.items():
         rate = r["tokens"] / r["seconds"]
-        print(f"| {names[variant]} | {r['seconds']:.1f} | {rate:.0f} | {r['peak'] / 2**20:.0f} | "
-              f"{(r['peak'] - r['before']) / 2**20:.0f} | {rate / (trl['tokens'] / trl['seconds']):.2f}x |")
+        by_cpu = (r["tokens"] / r["cpu_seconds"]) / (trl["tokens"] / trl["cpu_seconds"])
+        print(f"| {names[variant]} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {rate:.0f} | {r['peak'] / 2**20:.0f} | "
+              f"{(r['peak'] - r['before']) / 2**20:.0f} | {rate / (trl['tokens'] / trl['seconds']):.2f}x | {by_cpu:.2f}x |")
     shared, concat = results["shared_prefix"], results["concatenated"]
     print(f"\ntokens (prompt+chosen and prompt+rejected, non-pad): ours {shared['tokens']}, TRL {trl['tokens']} "
           f"(its BOS per sequence); trunk positions incl. padding: shared_prefix {shared['trunk_positions']}, "

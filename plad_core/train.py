@@ -399,6 +399,16 @@ PAIR_FORWARDS: dict[str, Callable[[PreTrainedModel, dict[str, torch.Tensor]], tu
 }
 
 
+def check_pair_forward(pair_forward: str, gradient_checkpointing: bool = False) -> None:
+    """A clear error for an unknown ``train.pair_forward``, or shared_prefix with gradient checkpointing
+    (transformers drops the key/value cache inside checkpointed layers)."""
+    if pair_forward not in PAIR_FORWARDS:
+        raise ValueError(f"train.pair_forward='{pair_forward}' is not known; choose one of {', '.join(PAIR_FORWARDS)}")
+    if pair_forward == "shared_prefix" and gradient_checkpointing:
+        raise ValueError("train.pair_forward=shared_prefix cannot run with train.optim.gradient_checkpointing=true: "
+                         "checkpointed layers drop the prompt's key/value cache; set train.pair_forward=concatenated")
+
+
 def calibration_step(model: PreTrainedModel, loss: str, beta: float, gamma: float = 0.0,
                      nll_weight: float = 0.0, pair_forward: str = "concatenated") -> StepFn:
     """One PLaD calibration step on a pair batch (chosen rows first, then rejected, one forward pass):
@@ -406,8 +416,7 @@ def calibration_step(model: PreTrainedModel, loss: str, beta: float, gamma: floa
     ``pair_forward`` (``PAIR_FORWARDS``) picks how the log-likelihoods are computed; shared_prefix needs
     ``pair_training.pair_batches``' prompt/completion tensors."""
     check_loss(loss)
-    if pair_forward not in PAIR_FORWARDS:
-        raise ValueError(f"train.pair_forward='{pair_forward}' is not known; choose one of {', '.join(PAIR_FORWARDS)}")
+    check_pair_forward(pair_forward)
     logprobs = PAIR_FORWARDS[pair_forward]
     pair_loss = PAIR_LOSSES[loss]
 

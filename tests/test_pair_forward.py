@@ -131,3 +131,12 @@ def test_calibration_step_selects_the_pair_forward(model, pairs, tokenizer):
     assert metrics_cat == pytest.approx(metrics_shared, abs=1e-10)
     with pytest.raises(ValueError, match="train.pair_forward='prefix' is not known; choose one of shared_prefix"):
         train.calibration_step(model, "cpo_hinge", 0.1, pair_forward="prefix")
+
+
+def test_check_pair_forward_fails_fast():
+    train.check_pair_forward("shared_prefix")
+    train.check_pair_forward("concatenated", gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="set train.pair_forward=concatenated"):
+        train.check_pair_forward("shared_prefix", gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="'both' is not known"):
+        train.check_pair_forward("both")
