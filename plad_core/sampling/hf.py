@@ -46,6 +46,17 @@ def _prefix_cache(model: PreTrainedModel, prefix: Sequence[int]) -> Any:
     return model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True).past_key_values
 
 
+def _prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> Any:
+    """``cache`` (None: empty) extended by every token of ``ids`` but the last of each row, at the
+    positions ``generate`` gives them (pads masked out and not counted)."""
+    done = cache.get_seq_length() if cache is not None else 0
+    if ids.shape[1] - 1 <= done:
+        return cache
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return model(input_ids=ids[:, done:-1], attention_mask=mask[:, :-1], position_ids=positions[:, done:-1],
+                 past_key_values=cache, use_cache=True).past_key_values
+
+
 @torch.inference_mode()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, n: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 48, batch_size: int = 16,
@@ -56,11 +67,12 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     Prompts are sorted by token length so each batch pads little; the generation stops at EOS or at
     any of ``stop`` (the stop string itself is not part of the text). Results come back in input order.
 
-    With ``share_prefix``, when all prompts start with the same ``MIN_SHARED_PREFIX`` or more tokens
-    (a few-shot teacher prompt's worked examples), that prefix runs through the model once and every
-    batch starts from a copy of its key/value cache: each row is prefix + left-padded rest, the pads
-    masked out and the positions counted past them, so the model computes what it would on the
-    whole prompt, without recomputing the prefix per row.
+    No prompt token runs through the model twice. With ``share_prefix``, when all prompts start with
+    the same ``MIN_SHARED_PREFIX`` or more tokens (a few-shot teacher prompt's worked examples), that
+    prefix runs once and every batch starts from a copy of its key/value cache: each row is prefix +
+    left-padded rest, the pads masked out and the positions counted past them, so the model computes
+    what it would on the whole prompt. With ``n`` > 1 each prompt is run once and its cache copied
+    to its n sample rows (``generate``'s ``num_return_sequences`` would run it n times).
     """
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
@@ -73,31 +85,32 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     results: list[Generation] = []
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         batch_idx = order[start:start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i][shared:] for i in batch_idx]}, return_tensors="pt")
-        extra: dict[str, Any] = {"num_return_sequences": n}
+        padded = tokenizer.pad({"input_ids": [encoded[i][shared:] for i in batch_idx]}, return_tensors="pt")
+        prefix = torch.tensor(encoded[0][:shared], dtype=torch.long).expand(len(batch_idx), shared)
+        ids = torch.cat([prefix, padded["input_ids"]], dim=1).to(model.device)
+        mask = torch.cat([torch.ones_like(prefix), padded["attention_mask"]], dim=1).to(model.device)
+        cache = None
         if prefix_cache is not None:
-            rows = len(batch_idx) * n  # the n samples of a prompt are rows of their own, as generate expands them
-            batch = {k: v.repeat_interleave(n, dim=0) for k, v in batch.items()}
-            prefix = torch.tensor(encoded[batch_idx[0]][:shared]).expand(rows, shared)
-            batch = {"input_ids": torch.cat([prefix, batch["input_ids"]], dim=1),
-                     "attention_mask": torch.cat([torch.ones_like(prefix), batch["attention_mask"]], dim=1)}
             cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(rows)
-            extra = {"num_return_sequences": 1, "past_key_values": cache}
-        batch = {k: v.to(model.device) for k, v in batch.items()}
+            cache.batch_repeat_interleave(len(batch_idx))
+        if n > 1:
+            cache = _prefill(model, ids, mask, cache)
+            ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
+            if cache is not None:  # rows in generate's own order: each prompt's n samples side by side
+                cache.batch_repeat_interleave(n)
+        extra: dict[str, Any] = {"past_key_values": cache} if cache is not None else {"num_return_sequences": n}
         out = model.generate(
-            **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
             stop_strings=list(stop) or None, tokenizer=tokenizer if stop else None, **extra, **sampling)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        for row, tokens in enumerate(new_tokens):
+        for row, tokens in enumerate(out[:, ids.shape[1]:]):
             prompt_index = batch_idx[row // n]
-            ids = tokens.tolist()
-            hit_eos = tokenizer.eos_token_id in ids
+            new_ids = tokens.tolist()
+            hit_eos = tokenizer.eos_token_id in new_ids
             if hit_eos:
-                ids = ids[:ids.index(tokenizer.eos_token_id)]
-            while ids and ids[-1] == tokenizer.pad_token_id:
-                ids.pop()
-            text, hit_stop = cut_at_stop(tokenizer.decode(ids, skip_special_tokens=True), stop)
+                new_ids = new_ids[:new_ids.index(tokenizer.eos_token_id)]
+            while new_ids and new_ids[-1] == tokenizer.pad_token_id:
+                new_ids.pop()
+            text, hit_stop = cut_at_stop(tokenizer.decode(new_ids, skip_special_tokens=True), stop)
             text = text.strip()
             results.append(Generation(
                 prompt_index=prompt_index, sample_index=row % n, text=text,
