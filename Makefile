@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test clean-artifacts serve serve-stop
+.PHONY: setup demo test table clean-artifacts serve serve-stop
 
 setup: $(VENV)/.installed
 
@@ -45,6 +45,13 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# `make table`: the paper's table at our scale (conf/experiments/tldr_table.yaml: SFT, SeqKD, token KD,
+# DPKD, PLaD-ranking and PLaD-margin, 3 seeds; ~75 min cold on 2 CPU cores, estimated in that file).
+# TUNE=1 runs its dev-only tuning grid instead; EXPERIMENT=tldr_table_gpu HF_HUB_OFFLINE=0 the GPU config.
+EXPERIMENT ?= tldr_table
+table: setup
+	time $(BIN)/plad table --experiment $(EXPERIMENT) $(if $(TUNE),--tune)
 
 clean-artifacts:
 	rm -rf data/artifacts

@@ -2,6 +2,7 @@
 
     plad run [--config NAME] [--force STAGE ...] [key=value ...]    the Prefect flow `distill`
     plad scale [--experiment NAME] [key=value ...]                   the data-scale experiment (flow `distill-scale`)
+    plad table [--experiment NAME] [--tune] [key=value ...]          the paper's table (flow `distill-table`)
     plad stage NAME [--config NAME] [--force] [key=value ...]       one stage, plain Python
     plad config show [--config NAME] [key=value ...]                 the merged config as YAML
     plad pairs show [PATH|latest] [-n 5] [--config NAME]             pairs, readably
@@ -56,6 +57,16 @@ def cmd_scale(args: argparse.Namespace) -> None:
     folder = Path(result["artifact"])
     print(f"\n{(folder / 'summary.md').read_text()}")
     print(f"Plot:    {folder / 'plots' / 'scale.png'}")
+    print(f"Report:  {folder / 'report.html'}")
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "plad")
+    distill_table = importlib.import_module("flows.table").distill_table  # Prefect only for this command
+    result = distill_table(experiment=args.experiment, overrides=args.overrides, tune=args.tune)
+    folder = Path(result["artifact"])
+    print(f"\n{(folder / 'summary.md').read_text()}")
+    print(f"Numbers: {folder / 'table.json'}")
     print(f"Report:  {folder / 'report.html'}")
 
 
@@ -125,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="experiment name under conf/experiments/ or a YAML path (default: data_scale)")
     scale.add_argument("overrides", nargs="*", help="dotlist overrides for every run, e.g. train.beta=0.5")
     scale.set_defaults(func=cmd_scale)
+
+    table = commands.add_parser("table", help="the paper's table: SFT, SeqKD, token KD, DPKD and PLaD over seeds")
+    table.add_argument("--experiment", default="tldr_table",
+                       help="experiment name under conf/experiments/ or a YAML path (default: tldr_table)")
+    table.add_argument("--tune", action="store_true", help="run the experiment's dev-only tuning grid instead")
+    table.add_argument("overrides", nargs="*", help="dotlist overrides for every run, e.g. eval.judge.enabled=false")
+    table.set_defaults(func=cmd_table)
 
     stage = commands.add_parser("stage", help="run one stage (and any missing upstream), without Prefect")
     stage.add_argument("name", choices=list(RUNNERS))

@@ -11,7 +11,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from plad_core.sampling.samplers import run_shard_job
-from plad_core.stages import RUNNERS, run_evaluate, run_promote
+from plad_core.stages import RUNNERS, run_dev_outputs, run_evaluate, run_judgments, run_promote
 
 log = logging.getLogger("plad.tasks")
 
@@ -40,6 +40,9 @@ sample_student = stage_task("sample_student")
 build_pairs = stage_task("build_pairs")
 score_pairs = stage_task("score_pairs")
 calibrate = stage_task("calibrate")
+# Steps of the table experiment (flows/table.py): one model's dev outputs; the judge over many models' outputs.
+dev_outputs = task(run_dev_outputs, name="dev_outputs", cache_policy=NO_CACHE, persist_result=False)
+judgments = task(run_judgments, name="judgments", cache_policy=NO_CACHE, persist_result=False)
 
 EVALUATE_PROGRESS = "evaluate-progress"  # the Prefect progress artifact's key
 

@@ -1,0 +1,42 @@
+"""The ``distill-table`` flow: the paper's table at our scale (``plad_core.table``), every stage,
+calibration, dev-output and judge step a Prefect task named after its system and seed."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+import tasks
+from plad_core.artifacts import Artifact
+from plad_core.table import STEPS, load_experiment, run_table, tuning_experiment
+
+TASKS = {name: getattr(tasks, name) for name in STEPS}  # one Prefect task per step, same names as plad_core's
+
+
+def task_step(name: str, *args: Any, label: str = "") -> Artifact:
+    """``run_table``'s step as the Prefect task of that name, its run named ``label`` in the UI."""
+    return TASKS[name].with_options(task_run_name=label or name)(*args)
+
+
+@flow(name="distill-table", log_prints=True)
+def distill_table(experiment: str = "tldr_table", overrides: Optional[list[str]] = None,
+                  tune: bool = False) -> dict[str, Any]:
+    """Train every system of the experiment from one SFT student and one set of pairs, over its seeds,
+    and evaluate them all with the teacher and the SFT student.
+
+    Args:
+        experiment: a name under conf/experiments/ (tldr_table) or a YAML path.
+        overrides: OmegaConf dotlist applied to every run, after the experiment's own.
+        tune: run the experiment's dev-only tuning grid instead (one table row per grid point).
+    """
+    exp = load_experiment(experiment)
+    if tune:
+        exp = tuning_experiment(exp)
+    result = run_table(exp, overrides, task_step)
+    summary = result.file("summary.md").read_text()
+    create_markdown_artifact(key="distill-table", markdown=summary,
+                             description=f"experiment {exp.name}: summary of {result.file('report.html')}")
+    get_run_logger().info("table (%s):\n%s", result.file("report.html"), summary)
+    return {"experiment": exp.name, "artifact": str(result.path), "stats": result.manifest["stats"]}

@@ -1,0 +1,210 @@
+"""The table experiment (plad_core.table, flow distill-table): its schema and numbers by hand, and a
+whole tiny table (2 trained systems x 2 seeds) through the flow."""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from plad_core.artifacts import MANIFEST, ArtifactStore
+from plad_core.config import ConfigError, load_config
+from plad_core.judge import pair_outcomes
+from plad_core.report import ci_text
+from plad_core.table import (TableExperiment, TableSystem, judge_win_rates, load_experiment, pair_accuracy,
+                             pair_quality, run_overrides, seed_mean, training_summary, tuning_experiment)
+from tiny import make_tiny_model, tiny_overrides
+
+
+# --- the experiment files ---------------------------------------------------------------------------
+
+def test_shipped_experiments_load_and_their_tuning_grid_expands():
+    exp = load_experiment("tldr_table")
+    assert [s.name for s in exp.systems] == ["SeqKD", "token KD", "DPKD", "PLaD-ranking", "PLaD-margin"]
+    assert exp.seeds == [0, 1, 2] and exp.config == "demo" and exp.tuning.status == "not run yet"
+    losses = [load_config(exp.config, run_overrides(exp, s, 2)).train for s in exp.systems]
+    assert [t.loss for t in losses] == ["seqkd", "token_kd", "dpkd", "ranking", "margin"]
+    assert {t.optim.seed for t in losses} == {2} and losses[2].beta == 0.1
+
+    tuning = tuning_experiment(exp)
+    assert len(tuning.systems) == 2 * 2 * 2 * 2 and tuning.seeds == [0]
+    assert tuning.overrides[-2:] == ["eval.calibration_samples=0", "eval.judge.enabled=false"]
+    first = tuning.systems[0]
+    assert first.name == "beta=0.5 nll_weight=0.0 lr=1e-05 epochs=1"
+    cfg = load_config(tuning.config, run_overrides(tuning, tuning.systems[-1], 0))
+    assert (cfg.train.loss, cfg.train.beta, cfg.train.nll_weight, cfg.train.optim.lr, cfg.train.optim.epochs) == (
+        "ranking", 1.0, 0.1, 3e-5, 2)
+
+    gpu = load_experiment("tldr_table_gpu")
+    cfg = load_config(gpu.config, run_overrides(gpu, gpu.systems[1], 0))
+    assert (cfg.teacher.model, cfg.student.model, cfg.device, cfg.train.loss) == (
+        "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "cuda", "token_kd")
+
+
+@pytest.mark.parametrize("systems, message", [
+    ([{"name": "A", "overrides": ["eval.dtype=float32"]}], "override 'eval.dtype=float32': systems differ only in training"),
+    ([{"name": "A", "overrides": ["train.optim.seed=3"]}], "not train.optim.seed"),
+    ([{"name": "SFT"}], "systems\\[0\\].name 'SFT': the teacher and SFT are always in the table"),
+    ([{"name": "A"}, {"name": "A"}], "systems need distinct names, got \\['A', 'A'\\]"),
+    ([{"name": "A", "overridez": []}], "Key 'overridez' not in 'TableSystem'"),
+])
+def test_bad_experiment_files_fail_naming_the_file_and_the_system(tmp_path, systems, message):
+    path = tmp_path / "bad.yaml"
+    OmegaConf.save(OmegaConf.create({"name": "bad", "systems": systems}), path)
+    with pytest.raises(ConfigError, match=f"{path}.*{message}"):
+        load_experiment(str(path))
+
+
+# --- the numbers, by hand ---------------------------------------------------------------------------
+
+def test_seed_mean_averages_each_dev_row_over_the_seeds():
+    rows = pd.DataFrame({"system": ["A@0", "A@0", "A@1", "A@1", "sft", "sft"], "id": ["r1", "r2"] * 3,
+                         "rouge1": [0.2, 0.4, 0.4, 0.0, 0.1, 0.1], "rouge2": [0.0] * 6,
+                         "rougeL": [0.1, 0.3, 0.3, 0.1, 0.2, 0.2], "output_tokens": [10, 20, 30, 40, 5, 5]})
+    averaged = seed_mean(rows, {"A": ["A@0", "A@1"], "sft": ["sft"]}).set_index(["system", "id"])
+    assert averaged.loc[("A", "r1"), "rougeL"] == pytest.approx(0.2)
+    assert averaged.loc[("A", "r2"), "rouge1"] == pytest.approx(0.2)
+    assert averaged.loc[("A", "r2"), "output_tokens"] == 30
+    assert averaged.loc[("sft", "r1"), "rougeL"] == pytest.approx(0.2) and len(averaged) == 4
+
+
+def test_judge_win_rates_average_each_rows_score_over_the_seeds():
+    # A@0 wins r1 (both orders), loses r2; A@1 ties r1 (verdicts disagree), wins r2 -> per row 0.75 and 0.5
+    verdicts = {("A@0", "r1"): "AB", ("A@0", "r2"): "BA", ("A@1", "r1"): "AA", ("A@1", "r2"): "AB"}
+    judgments = pd.DataFrame([{"id": row, "system": label, "opponent": "reference", "system_position": pos,
+                               "verdict": verdict, "logp_a": 0.0, "logp_b": 0.0, "raw": ""}
+                              for (label, row), chosen in verdicts.items() for pos, verdict in zip("AB", chosen)])
+    wins = judge_win_rates(pair_outcomes(judgments), {"A": ["A@0", "A@1"]}, 1000, 0)["A"]["reference"]
+    assert wins["win_rate"] == pytest.approx(100 * (0.75 + 0.5) / 2) and wins["n"] == 2
+    assert wins["win_rate_low"] <= wins["win_rate"] <= wins["win_rate_high"]
+    assert wins["consistency"] == 75.0  # 3 of the 4 (seed, row) pairs gave one answer in both orders
+
+
+def test_pair_accuracy_compares_per_token_log_likelihoods():
+    frame = pd.DataFrame({"reference_chosen_logp": [-10.0, -30.0, -8.0], "chosen_scored_tokens": [10, 10, 4],
+                          "reference_rejected_logp": [-40.0, -20.0, -4.0], "rejected_scored_tokens": [20, 10, 2]})
+    # per token: -1 vs -2 (y_T ahead), -3 vs -2 (behind), -2 vs -2 (a tie is not ahead)
+    assert pair_accuracy(frame) == pytest.approx(100 / 3, abs=0.01)
+    assert pair_accuracy(frame.iloc[:0]) is None
+
+
+def test_pair_quality_counts_where_the_teacher_output_is_closer_to_the_reference():
+    pairs = pd.DataFrame({"chosen": ["the cat sat", "a dog ran", "x y z"], "rejected": ["the cat", "a dog ran", "q"],
+                          "reference": ["the cat sat", "a dog ran far", None],
+                          "chosen_tokens": [3, 3, 3], "rejected_tokens": [2, 3, 1]})
+    q = pair_quality(pairs, 1000, 0)
+    # row 1: chosen F1 1.0, rejected 2*(1*2/3)/(1+2/3) = 0.8; row 2: equal; row 3 has no reference
+    assert q["with_reference"] == 2 and q["pairs"] == 3
+    assert (q["chosen_better"], q["ties"], q["rejected_better"]) == (50.0, 50.0, 0.0)
+    assert q["difference"] == pytest.approx(100 * (1.0 - 0.8) / 2, abs=0.01)
+    assert q["chosen_rougeL"] == pytest.approx(100 * (1.0 + 2 * 0.75 / 1.75) / 2, abs=0.01)
+
+
+def test_training_summary_reads_quarters_and_the_held_out_curve():
+    log = pd.DataFrame({"step": range(1, 9), "epoch": [0] * 4 + [1] * 4,
+                        "loss": [4.0, 2.0, 3.0, 3.0, 2.0, 2.0, 1.0, 0.0],
+                        "pair_accuracy": [0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 1.0],
+                        "eval_loss": [None, 3.0, None, 2.5, None, 2.0, None, 2.25],
+                        "eval_pair_accuracy": [None, 0.25, None, 0.5, None, 0.5, None, 0.75]})
+    t = training_summary(log, {"held_out_pairs": 4}, 25.0)
+    assert (t["steps"], t["epochs"], t["quarter_steps"]) == (8, 2, 2)
+    assert (t["loss_start"], t["loss_end"], t["pair_accuracy_start"], t["pair_accuracy_end"]) == (3.0, 0.5, 25.0, 100.0)
+    assert t["eval_first"] == {"step": 2, "loss": 3.0, "pair_accuracy": 25.0}
+    assert t["eval_best"] == {"step": 6, "loss": 2.0, "pair_accuracy": 50.0}
+    assert t["eval_last"] == {"step": 8, "loss": 2.25, "pair_accuracy": 75.0}
+    assert t["eval_loss_rise"] == 0.25 and t["evaluations"] == 4 and t["sft_held_out_pair_accuracy"] == 25.0
+
+
+# --- a whole tiny table through the flow ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.table import distill_table
+
+    root = tmp_path_factory.mktemp("table")
+    overrides = tiny_overrides(root, make_tiny_model(root / "teacher", layers=4)) + [
+        f"student.model={make_tiny_model(root / 'student', layers=2, seed=1)}",  # no slicing and healing to test here
+        "eval.dtype=float32", "eval.stop=[]",  # bf16 matmuls and stop strings cost more than tiny models' generation
+        "eval.calibration_samples=2", "eval.calibration_rows=2", "eval.judge.rows=2", "eval.judge.max_tokens=128",
+        "train.eval_fraction=0.34", "train.eval_every=1"]  # 2 of the 6 pairs held out, evaluated every step
+    path = root / "tiny_table.yaml"
+    OmegaConf.save(OmegaConf.structured(TableExperiment(
+        name="tiny_table", config="tldr", overrides=overrides, seeds=[0, 1],
+        systems=[TableSystem("SeqKD", ["train.loss=seqkd"]), TableSystem("PLaD-ranking", ["train.loss=ranking"])])), path)
+    with prefect_test_harness(server_startup_timeout=120):
+        first = distill_table(experiment=str(path))
+        again = distill_table(experiment=str(path))
+    return root, first, again
+
+
+@pytest.mark.slow
+def test_table_has_every_system_and_seed_with_sft_and_teacher_outputs_built_once(tiny_table):
+    root, first, again = tiny_table
+    folder = Path(first["artifact"])
+    result = json.loads((folder / "table.json").read_text())
+    assert list(result["systems"]) == ["teacher", "sft", "SeqKD", "PLaD-ranking"]
+    assert [(r["system"], r["seed"]) for r in result["runs"]] == [("SeqKD", 0), ("SeqKD", 1), ("PLaD-ranking", 0),
+                                                                   ("PLaD-ranking", 1)]
+    assert len({r["calibrate_key"] for r in result["runs"]}) == 4
+
+    store = ArtifactStore(root / "artifacts")
+    built = [json.loads(p.read_text()) for p in sorted((root / "artifacts" / "dev_outputs").glob(f"*/{MANIFEST}"))]
+    assert len(built) == 2 + 4  # teacher and SFT once, one per trained model and seed
+    models = sorted(tuple(sorted(m["upstream"])) for m in built)
+    assert models == [("calibrate", "prepare_data")] * 4 + [("prepare_data",), ("prepare_data", "sft_student")]
+    # the second run rebuilt nothing: same table, the same six dev outputs
+    assert again["artifact"] == first["artifact"]
+    assert len(list((root / "artifacts" / "dev_outputs").glob(f"*/{MANIFEST}"))) == 6
+
+    # a trained system's metrics are its per-row means over the seeds; Δ vs SFT is per row too
+    frames = {r["label"]: pd.read_parquet(store.path("dev_outputs", r["dev_outputs_key"]) / "generations.parquet")
+              for r in result["runs"]}
+    sft = pd.read_parquet(store.path("dev_outputs", result["keys"]["dev_outputs sft"]) / "generations.parquet")
+    plad = pd.concat([frames["PLaD-ranking@0"], frames["PLaD-ranking@1"]]).groupby("id")[["rougeL", "output_tokens"]].mean()
+    metrics = result["systems"]["PLaD-ranking"]["metrics"]
+    assert metrics["n"] == 4 and metrics["mean_output_tokens"] == pytest.approx(plad["output_tokens"].mean(), abs=0.01)
+    assert metrics["rougeL"] == pytest.approx(100 * plad["rougeL"].mean(), abs=0.01)
+    difference = (plad["rougeL"] - sft.set_index("id")["rougeL"]).mean()
+    assert result["systems"]["PLaD-ranking"]["vs_sft"]["difference"] == pytest.approx(100 * difference, abs=0.01)
+    assert [(c["a"], c["b"]) for c in result["comparisons"]] == [("PLaD-ranking", "SeqKD")]
+
+
+@pytest.mark.slow
+def test_table_judges_calibrates_and_reads_training_and_pairs(tiny_table):
+    root, first, _ = tiny_table
+    folder = Path(first["artifact"])
+    result = json.loads((folder / "table.json").read_text())
+    store = ArtifactStore(root / "artifacts")
+    judgments = pd.read_parquet(store.path("judgments", result["keys"]["judgments"]) / "judgments.parquet")
+    assert len(judgments) == 2 * (6 + 5) * 2  # 2 rows x (6 systems vs reference + 5 vs SFT) x both orders
+    for system, s in result["systems"].items():
+        assert s["judge"]["reference"]["n"] == 2 and ("sft" in s["judge"]) == (system != "sft")
+        assert (s["calibration"] is None) == (system == "teacher")
+    assert set(result["systems"]["SeqKD"]["calibration"]["per_seed"]) == {"SeqKD@0", "SeqKD@1"}
+
+    pairs = pd.read_parquet(store.path("build_pairs", result["keys"]["build_pairs"]) / "pairs.parquet")
+    scores = pd.read_parquet(store.path("score_pairs", result["keys"]["score_pairs (SFT log-probs)"]) / "scores.parquet")
+    ahead = (scores["reference_chosen_logp"] / scores["chosen_scored_tokens"]
+             > scores["reference_rejected_logp"] / scores["rejected_scored_tokens"])
+    p = result["pairs"]
+    assert p["pairs"] == len(pairs) and p["sft_pair_accuracy"] == pytest.approx(100 * ahead.mean(), abs=0.01)
+    assert p["chosen_better"] + p["ties"] + p["rejected_better"] == pytest.approx(100)
+    for run in result["runs"]:
+        t = run["training"]
+        log = pd.read_parquet(store.path("calibrate", run["calibrate_key"]) / "train_log.parquet")
+        assert t["held_out_pairs"] == 2 and t["steps"] == len(log) == math.ceil((len(pairs) - 2) / 2)  # batches of 2
+        assert t["eval_last"]["step"] == 2 and t["eval_last"]["pair_accuracy"] == 100 * log["eval_pair_accuracy"].iloc[-1]
+        assert t["sft_held_out_pair_accuracy"] in (0.0, 50.0, 100.0)
+
+    summary = (folder / "summary.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in summary.splitlines() if line.startswith("| ")}
+    for label, system in [("Teacher", "teacher"), ("SFT", "sft"), ("SeqKD", "SeqKD"), ("PLaD-ranking", "PLaD-ranking")]:
+        assert rows[label][3] == ci_text(result["systems"][system]["metrics"], "rougeL")
+    assert rows["SFT"][4] == "–" and rows["SeqKD"][4].startswith(f"{result['systems']['SeqKD']['vs_sft']['difference']:+.2f} [")
+    report = (folder / "report.md").read_text()
+    assert "## Discussion" in report and "Is the teacher's output really better?" in report
+    assert (folder / "report.html").read_text().count('<img src="data:image/png;base64,') == 1
