@@ -25,7 +25,7 @@ Judges (each turns (prefix, suffix) requests into ``Verdict``s):
   (the prompt is the user's turn; the answer is the assistant's first token); the verdict compares
   the log-probabilities of "A" and "B" as that next token (with or without a leading space): one
   forward pass, no sampling, so it is deterministic and always readable. The prefix runs once per
-  row and its key/value cache serves all of the row's suffixes.
+  row and its key/value cache serves all of the row's suffixes, in one batch.
 * ``OpenAIJudge``: an OpenAI-compatible endpoint through ``plad_core.sampling.openai_api`` (greedy,
   ``VERDICT_TOKENS`` new tokens); the verdict is parsed from the text (``parse_verdict``).
 """
@@ -154,26 +154,35 @@ class HFJudge:
         head, tail = rendered.split(marker)
         return head, tail
 
-    def _ids(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        return ids.to(self.model.get_input_embeddings().weight.device)
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     @torch.inference_mode()
     def verdicts(self, requests: Sequence[tuple[str, str]], progress: Optional[ProgressFn] = None) -> list[Verdict]:
+        """Per distinct prefix: one forward pass over it, then one batched pass over all of its
+        suffixes on the prefix's key/value cache (repeated per suffix), right-padded: a causal
+        model never attends to the padding after a suffix, and each verdict is read at the
+        suffix's last real token."""
         out: list[Optional[Verdict]] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
         for i, (prefix, _) in enumerate(requests):
             groups.setdefault(prefix, []).append(i)
+        device = self.model.get_input_embeddings().weight.device
+        head_of = self.model.get_output_embeddings()
         done = 0
         for prefix, members in groups.items():
-            head = self._split(prefix, requests[members[0]][1])[0]
-            cache = self.model(self._ids(head), use_cache=True, logits_to_keep=1).past_key_values
-            for i in members:
-                tail = self._ids(self._split(prefix, requests[i][1])[1])
-                logits = self.model(tail, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
-                cache.crop(-tail.shape[1])  # back to the prefix for the next suffix
-                logp = torch.log_softmax(logits[0, -1].float(), dim=-1)
-                a, b = (float(torch.logsumexp(logp[self.ids[letter]], dim=0)) for letter in "AB")
+            head = torch.tensor([self._ids(self._split(prefix, requests[members[0]][1])[0])], device=device)
+            cache = self.model(head, use_cache=True, logits_to_keep=1).past_key_values
+            cache.batch_repeat_interleave(len(members))
+            tails = [self._ids(self._split(prefix, requests[i][1])[1]) for i in members]
+            ids = torch.full((len(tails), max(map(len, tails))), self.tokenizer.pad_token_id, device=device)
+            for row, tail in enumerate(tails):
+                ids[row, :len(tail)] = torch.tensor(tail)
+            hidden = self.model.base_model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+            last = hidden[torch.arange(len(tails), device=device), torch.tensor([len(t) - 1 for t in tails], device=device)]
+            logp = torch.log_softmax(head_of(last).float(), dim=-1)
+            for row, i in enumerate(members):
+                a, b = (float(torch.logsumexp(logp[row, self.ids[letter]], dim=0)) for letter in "AB")
                 out[i] = Verdict("A" if a >= b else "B", a, b)
             done += len(members)
             if progress:

@@ -135,20 +135,23 @@ def test_hf_judge_on_a_tiny_model_gives_valid_deterministic_verdicts(tmp_path):
     model, tokenizer = load_model(str(make_tiny_model(tmp_path / "judge", layers=2)), CACHE)
     judge = HFJudge(model, tokenizer)
     requests = [(f"POST: post {i}\n\n", f"Summary A: {a}\n\nSummary B: {b}\n\nA or B?")
-                for i in range(2) for a, b in (("one two", "three"), ("three", "one two"))]
+                for i in range(2) for a, b in (("one two", "three"), ("three four five six", "one"))]
     fractions = []
     verdicts = judge.verdicts(requests, fractions.append)
     assert fractions == [0.5, 1.0]  # one report per shared prefix
     assert all(v.choice in ("A", "B") and v.choice == ("A" if v.logp_a >= v.logp_b else "B") for v in verdicts)
     assert all(v.logp_a < 0 and v.logp_b < 0 and math.isfinite(v.logp_a) for v in verdicts)
     assert judge.verdicts(requests) == verdicts
-    # the prefix's cache, reused and cropped between suffixes, gives the log-probs of one full forward pass
-    head, tail = judge._split(*requests[3])
-    with torch.inference_mode():
-        logits = model(torch.cat([judge._ids(head), judge._ids(tail)], dim=1)).logits[0, -1]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    assert verdicts[3].logp_a == pytest.approx(float(torch.logsumexp(logp[judge.ids["A"]], 0)), abs=1e-4)
-    assert verdicts[3].logp_b == pytest.approx(float(torch.logsumexp(logp[judge.ids["B"]], 0)), abs=1e-4)
+    # the prefix's cache, shared by a right-padded batch of suffixes of different lengths, gives the
+    # log-probs of one unpadded forward pass over each whole prompt
+    for request, verdict in zip(requests, verdicts):
+        head, tail = judge._split(*request)
+        with torch.inference_mode():
+            logits = model(torch.tensor([judge._ids(head) + judge._ids(tail)])).logits[0, -1]
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        assert verdict.logp_a == pytest.approx(float(torch.logsumexp(logp[judge.ids["A"]], 0)), abs=1e-4)
+        assert verdict.logp_b == pytest.approx(float(torch.logsumexp(logp[judge.ids["B"]], 0)), abs=1e-4)
+    assert len({len(judge._ids(judge._split(*r)[1])) for r in requests}) == 2  # the batch was padded
     assert head.startswith("<|im_start|>") and tail.endswith("<|im_start|>assistant\n")  # the chat template
 
 
