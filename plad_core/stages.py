@@ -257,7 +257,7 @@ def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None 
         if backend == "openai":
             api = openai_api.ApiSettings.from_config(sp.api).check(f"{where}.api")
         t = cfg.teacher
-        load = {"model": api.model if api else models.resolve_model_path(t.model, cfg.cache_dir),
+        load = {"model": api.model if api else t.model,
                 "revision": t.revision, "trust_remote_code": t.trust_remote_code, "use_safetensors": t.use_safetensors}
         config = {"teacher": _api_identity(api) if api else _teacher_identity(cfg), **_sampling_slice(cfg, side, backend)}
         upstream, label = (data,), api.model if api else t.model
@@ -281,7 +281,8 @@ def _sampling_inputs(cfg: DictConfig, store: ArtifactStore, s: _Sampling) -> dic
     side, data = SAMPLING_SIDES[s.stage], s.upstream[0]
     sp = cfg[side].sampling
     tokenizer = (openai_api.CharTokens() if s.spec.backend == "openai"
-                 else models.load_tokenizer(s.spec.model, s.spec.revision, s.spec.trust_remote_code))
+                 else models.load_tokenizer(models.resolve_model_path(s.spec.model, s.spec.cache_dir),
+                                            s.spec.revision, s.spec.trust_remote_code))
     rows = _rows(data, "unlabeled")
     prompts, truncated = _prompts(rows, data, cfg[side].prompt, tokenizer)
     earlier = store.find(s.stage, s.config, {a.stage: a.key for a in s.upstream[1:]})

