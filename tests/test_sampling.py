@@ -69,34 +69,39 @@ def test_earlier_samples_are_reused_for_recurring_ids_with_the_same_prompt(tmp_p
     assert rows["a"] == earlier.loc[earlier["id"] == "a", "text"].item()
 
 
-def test_no_prompt_token_is_computed_twice_and_the_samples_are_generates_own(tmp_path):
-    model, tokenizer = load_model(str(make_tiny_model(tmp_path / "m")), tmp_path)
-    examples = "SUBREDDIT: r/x\n\nPOST: " + " ".join(f"word{i}" for i in range(40)) + "\n\nTL;DR: a summary"
-    prompts = [f"{examples}\n\n###\n\nPOST: {'more ' * k}\n\nTL;DR:" for k in (1, 7, 3, 12, 5)]
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    shared = shared_prefix_length(encoded)
-    assert MIN_SHARED_PREFIX <= shared < min(map(len, encoded))
-    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2 and shared_prefix_length([[1, 2], [3]]) == 0
-    kwargs = dict(n=2, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=4)
-
-    # reference: transformers' own generate on the length-sorted, left-padded batch, each prompt run n times
-    order = sorted(range(5), key=lambda i: len(encoded[i]))
+def generate_reference(model, tokenizer, encoded, **sampling):
+    """transformers' own generate on the length-sorted, left-padded batch (each prompt run n=2 times)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     tokenizer.padding_side = "left"
     batch = tokenizer.pad({"input_ids": [encoded[i] for i in order]}, return_tensors="pt")
     torch.manual_seed(4)
     with torch.inference_mode():
-        out = model.generate(**batch, num_return_sequences=2, do_sample=True, temperature=1.0, top_p=0.95,
-                             max_new_tokens=8, pad_token_id=tokenizer.pad_token_id)
-    reference = {(order[row // 2], row % 2): tokenizer.decode(t, skip_special_tokens=True).strip()
-                 for row, t in enumerate(out[:, batch["input_ids"].shape[1]:])}
+        out = model.generate(**batch, num_return_sequences=2, do_sample=True, pad_token_id=tokenizer.pad_token_id,
+                             **sampling)
+    return {(order[row // 2], row % 2): tokenizer.decode(t, skip_special_tokens=True).strip()
+            for row, t in enumerate(out[:, batch["input_ids"].shape[1]:])}
 
-    passes = []
-    hook = model.register_forward_pre_hook(lambda m, args, kw: passes.append(tuple(kw["input_ids"].shape)),
-                                           with_kwargs=True)
-    reused = generate(model, tokenizer, prompts, batch_size=5, **kwargs)
-    hook.remove()
-    # the prefix alone once; then each prompt's rest once (all but its last token); then the 10 sample rows
-    assert passes[:3] == [(1, shared), (5, len(encoded[3]) - shared - 1), (10, 1)]
-    whole = generate(model, tokenizer, prompts, batch_size=5, share_prefix=False, **kwargs)
-    for gens in (reused, whole):
-        assert {(g.prompt_index, g.sample_index): g.text for g in gens} == reference
+
+def test_no_prompt_token_is_computed_twice_and_the_samples_are_generates_own(tmp_path):
+    model, tokenizer = load_model(str(make_tiny_model(tmp_path / "m")), tmp_path)
+    examples = "SUBREDDIT: r/x\n\nPOST: " + " ".join(f"word{i}" for i in range(40)) + "\n\nTL;DR: a summary"
+    lengths = (1, 7, 3, 12, 5)
+    sampling = dict(temperature=1.0, top_p=0.95, max_new_tokens=8)
+    for shares_examples in (True, False):
+        prompts = [(f"{examples}\n\n###\n\n" if shares_examples else f"{k} ") + f"POST: {'more ' * k}\n\nTL;DR:"
+                   for k in lengths]
+        encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        shared = shared_prefix_length(encoded)
+        assert (MIN_SHARED_PREFIX <= shared < min(map(len, encoded))) == shares_examples
+        passes = []
+        hook = model.register_forward_pre_hook(lambda m, args, kw: passes.append(tuple(kw["input_ids"].shape)),
+                                               with_kwargs=True)
+        gens = generate(model, tokenizer, prompts, n=2, batch_size=5, seed=4, **sampling)
+        hook.remove()
+        longest = max(map(len, encoded))
+        # the shared prefix alone once (if any); each prompt's rest once, all but its last token; the 10 sample rows
+        assert passes[:3] == ([(1, shared), (5, longest - shared - 1), (10, 1)] if shares_examples
+                              else [(5, longest - 1), (10, 1), (10, 1)])
+        assert {(g.prompt_index, g.sample_index): g.text for g in gens} == \
+            generate_reference(model, tokenizer, encoded, **sampling)
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2 and shared_prefix_length([[1, 2], [3]]) == 0

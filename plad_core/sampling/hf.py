@@ -60,14 +60,13 @@ def _prefill(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, cach
 @torch.inference_mode()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, n: int = 1,
              temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 48, batch_size: int = 16,
-             seed: int = 0, stop: Sequence[str] = (), share_prefix: bool = True,
-             desc: str = "generate") -> list[Generation]:
+             seed: int = 0, stop: Sequence[str] = (), desc: str = "generate") -> list[Generation]:
     """n completions per prompt; greedy when ``temperature == 0``.
 
     Prompts are sorted by token length so each batch pads little; the generation stops at EOS or at
     any of ``stop`` (the stop string itself is not part of the text). Results come back in input order.
 
-    No prompt token runs through the model twice. With ``share_prefix``, when all prompts start with
+    No prompt token runs through the model twice. When all prompts start with
     the same ``MIN_SHARED_PREFIX`` or more tokens (a few-shot teacher prompt's worked examples), that
     prefix runs once and every batch starts from a copy of its key/value cache: each row is prefix +
     left-padded rest, the pads masked out and the positions counted past them, so the model computes
@@ -77,7 +76,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    shared = shared_prefix_length(encoded) if share_prefix and encoded else 0
+    shared = shared_prefix_length(encoded) if encoded else 0
     shared = shared if shared >= MIN_SHARED_PREFIX else 0
     prefix_cache = _prefix_cache(model, encoded[0][:shared]) if shared else None
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
