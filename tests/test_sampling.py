@@ -1,8 +1,11 @@
+from types import SimpleNamespace
+
 import pyarrow.parquet as pq
 import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from plad_core.models import load_model
-from plad_core.sampling.hf import MIN_SHARED_PREFIX, Generation, generate, shared_prefix_length
+from plad_core.sampling.hf import MIN_SHARED_PREFIX, Generation, decode_attention, generate, shared_prefix_length
 from plad_core.sampling.shards import sample_sharded, shard_seed
 from tiny import make_tiny_model
 
@@ -105,3 +108,18 @@ def test_no_prompt_token_is_computed_twice_and_the_samples_are_generates_own(tmp
         assert {(g.prompt_index, g.sample_index): g.text for g in gens} == \
             generate_reference(model, tokenizer, encoded, **sampling)
     assert shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2 and shared_prefix_length([[1, 2], [3]]) == 0
+
+
+def test_decode_attention_equals_sdpa_for_one_token_queries_with_padding_and_grouped_heads():
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True)  # 9 query heads on 3 key/value heads
+    query, key, value = torch.randn(4, 9, 1, 64), torch.randn(4, 3, 20, 64), torch.randn(4, 3, 20, 64)
+    mask = torch.ones(4, 1, 1, 20, dtype=torch.bool)
+    mask[0, ..., :5] = False   # left padding of different lengths
+    mask[2, ..., :12] = False
+    ours, _ = decode_attention(module, query, key, value, mask, scaling=0.125)
+    reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.125)
+    assert ours.shape == reference.shape == (4, 1, 9, 64)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    ours, _ = decode_attention(module, query, key, value, None)
+    torch.testing.assert_close(ours, sdpa_attention_forward(module, query, key, value, None)[0], atol=1e-5, rtol=1e-5)

@@ -8,7 +8,9 @@ from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 
 @dataclass
@@ -24,6 +26,32 @@ class Generation:
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cuts = [text.index(s) for s in stop if s in text]
     return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, scaling: float | None = None,
+                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' sdpa attention, except for one-token queries (every decoding step): there the
+    attention is two small matmuls over the cache, computed as transformers' eager attention does
+    (bf16 matmuls, softmax in float32), with each group of query heads on its key/value head instead
+    of copies of the key/value heads. On the 2-core CPU, torch's flash kernel took 16 ms per layer for
+    16 one-token queries over 450 cached positions: two thirds of a 0.73 s SmolLM2-135M decoding step.
+    """
+    if query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    batch, heads, _, dim = query.shape
+    grouped = query.view(batch, key.shape[1], heads // key.shape[1], dim)   # [B, KV heads, group, D]
+    scores = torch.matmul(grouped, key.transpose(-1, -2)) * (scaling if scaling is not None else dim ** -0.5)
+    if attention_mask is not None:  # [B, 1, 1, L]: True (or 0.0) where the position may be attended to
+        scores = (scores.masked_fill(~attention_mask, float("-inf")) if attention_mask.dtype == torch.bool
+                  else scores + attention_mask)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    return torch.matmul(probs, value).reshape(batch, 1, heads, dim), None
+
+
+DECODE_ATTENTION = "plad_sdpa_decode"
+AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
 # Below this many shared tokens a prompt-prefix cache saves less than its bookkeeping costs.
@@ -71,8 +99,23 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     prefix runs once and every batch starts from a copy of its key/value cache: each row is prefix +
     left-padded rest, the pads masked out and the positions counted past them, so the model computes
     what it would on the whole prompt. With ``n`` > 1 each prompt is run once and its cache copied
-    to its n sample rows (``generate``'s ``num_return_sequences`` would run it n times).
+    to its n sample rows (``generate``'s ``num_return_sequences`` would run it n times). On a CPU, a
+    model with sdpa attention decodes with ``decode_attention``.
     """
+    attention = model.config._attn_implementation
+    if attention == "sdpa" and model.device.type == "cpu":
+        model.set_attn_implementation(DECODE_ATTENTION)
+    try:
+        return _generate(model, tokenizer, prompts, n=n, temperature=temperature, top_p=top_p,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, stop=stop, desc=desc)
+    finally:
+        if model.config._attn_implementation != attention:
+            model.set_attn_implementation(attention)
+
+
+def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], *, n: int,
+              temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int,
+              stop: Sequence[str], desc: str) -> list[Generation]:
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
