@@ -275,8 +275,10 @@ def test_deployment_run_from_the_cli_completes_and_commits_artifacts(served):
 
     with _client(served) as client:
         table = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
-    assert [a.key for a in table] == ["distill-results"]
-    assert table[0].data == (evaluate / "results.md").read_text()
+    by_key = {a.key: a for a in table}
+    assert sorted(by_key) == ["distill-results", "distill-results-table", "evaluate-progress"]
+    assert by_key["distill-results"].data == (evaluate / "results.md").read_text()
+    assert by_key["evaluate-progress"].data == 100.0
     assert time.monotonic() - started < RUN_TIMEOUT
 
 
@@ -296,7 +298,9 @@ def test_two_concurrent_runs_share_one_artifact_per_key(served):
     assert a.start_time < b.end_time and b.start_time < a.end_time, (a.start_time, a.end_time, b.start_time, b.end_time)
 
     store = ArtifactStore(root)
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(STAGES)
+    # Beside the stages: evaluate's per-model dev outputs (teacher, SFT and PLaD student), one folder each.
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([*STAGES, "dev_outputs"])
+    assert len(_committed(root, "dev_outputs")) == 3
     for stage in STAGES:
         committed = _committed(root, stage)
         assert len(committed) == 1, f"{stage}: {[p.name for p in committed]}"
