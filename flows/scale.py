@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow
 
 from flows.distill import distill
+from flows.publish import publish_summary
 from plad_core.scale import load_experiment, run_scale
 
 
@@ -26,8 +26,5 @@ def distill_scale(experiment: str = "data_scale", overrides: Optional[list[str]]
     """
     exp = load_experiment(experiment)
     result = run_scale(exp, _distill_artifacts, overrides)
-    summary = result.file("summary.md").read_text()
-    create_markdown_artifact(key="distill-scale", markdown=summary,
-                             description=f"experiment {exp.name}: summary of {result.file('report.html')}")
-    get_run_logger().info("data scale (%s):\n%s", result.file("report.html"), summary)
+    publish_summary("distill-scale", exp.name, result)
     return {"experiment": exp.name, "artifact": str(result.path), "points": result.manifest["stats"]["points"]}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect import flow
 
 import tasks
+from flows.publish import publish_summary
 from plad_core.artifacts import Artifact
 from plad_core.table import STEPS, load_experiment, run_table, tuning_experiment
 
@@ -35,8 +35,5 @@ def distill_table(experiment: str = "tldr_table", overrides: Optional[list[str]]
     if tune:
         exp = tuning_experiment(exp)
     result = run_table(exp, overrides, task_step)
-    summary = result.file("summary.md").read_text()
-    create_markdown_artifact(key="distill-table", markdown=summary,
-                             description=f"experiment {exp.name}: summary of {result.file('report.html')}")
-    get_run_logger().info("table (%s):\n%s", result.file("report.html"), summary)
+    publish_summary("distill-table", exp.name, result)
     return {"experiment": exp.name, "artifact": str(result.path), "stats": result.manifest["stats"]}
