@@ -28,7 +28,7 @@ from plad_core import calibrate_worker, models, parallel, report, scoring, train
 from plad_core import judge as judge_lib
 from plad_core.artifacts import Artifact, ArtifactStore, artifact_key, sha256_file
 from plad_core.config import config_slice
-from plad_core.pair_training import encode_pairs, train_on_pairs
+from plad_core.pair_training import encode_pairs, scored_tokens, train_on_pairs
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
 from plad_core.progress import ProgressCallback, Steps
 from plad_core.registry import Registry, promotion_decision
@@ -529,13 +529,8 @@ def _calibration_samples(model: Any, tokenizer: Any, system: str, dev: pd.DataFr
                        seed=e.seed, stop=list(e.stop), desc=f"calibration samples {system}")
     max_len = cfg.student.prompt.max_tokens + e.max_new_tokens + 8  # long enough that nothing is cut
     items = [train.encode(tokenizer, prompts[g.prompt_index], g.text, max_len) for g in gens]
-    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
-    logp_sum, scored = [0.0] * len(items), [0] * len(items)
-    for start in range(0, len(order), e.batch_size):
-        chunk = order[start:start + e.batch_size]
-        total, count = train.sequence_logprobs(model, train.collate([items[i] for i in chunk], tokenizer.pad_token_id))
-        for i, t, c in zip(chunk, total.float().tolist(), count.tolist()):
-            logp_sum[i], scored[i] = t, int(c)
+    logp_sum = scoring.sequence_scores(model, items, tokenizer.pad_token_id, e.batch_size)
+    scored = [scored_tokens(item) for item in items]
     ids, references = list(dev["id"]), list(dev["reference"])
     texts = [g.text for g in gens]
     quality = eval_lib.rouge_f1(texts, [references[g.prompt_index] for g in gens], e.rouge_stemmer)["rougeL"]
