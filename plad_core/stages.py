@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,10 +378,11 @@ def _text_only_losses() -> str:
 
 def check_train_loss(cfg: DictConfig) -> None:
     """Fail fast on a ``train.loss`` this config cannot train: an unknown name (or ``train.kd_divergence``,
-    ``train.pair_forward``), shared_prefix with gradient checkpointing, or dpkd / token_kd with a teacher
-    behind an API, whose log-probs are not available."""
+    ``train.pair_forward``, ``train.launch.strategy``), shared_prefix with gradient checkpointing, or dpkd /
+    token_kd with a teacher behind an API, whose log-probs are not available."""
     loss, backend = cfg.train.loss, cfg.teacher.sampling.backend
     train.check_loss(loss, cfg.train.kd_divergence)
+    parallel.check_strategy(cfg.train.launch.strategy)
     train.check_pair_forward(cfg.train.pair_forward, cfg.train.optim.gradient_checkpointing)
     if loss in TEACHER_NEEDS and backend == "openai":  # hf, vllm and auto sample a local teacher model
         raise ValueError(f"train.loss={loss} needs the teacher's {TEACHER_NEEDS[loss]}, but "
@@ -490,8 +492,9 @@ def calibrate_student(cfg: DictConfig, frame: pd.DataFrame, student_dir: Path, o
             raise ValueError(f"train.loss=token_kd compares next-token distributions, but the student's LM head "
                              f"has {sizes[0]} outputs and teacher.model={cfg.teacher.model}'s {sizes[1]}")
     history, stats = train_on_pairs(student, tokenizer, frame, cfg.train, teacher, work / CHECKPOINTS)
+    weights, _ = parallel.full_state(student)  # on every rank: under FSDP it gathers the shards
     if parallel.ranks().rank == 0:
-        models.save_model(student, tokenizer, out / MODEL_DIR)
+        models.save_model(student, tokenizer, out / MODEL_DIR, weights)
         _write_log(history, out / "train_log.parquet")
     return stats
 
@@ -630,18 +633,6 @@ def _judge_identity(cfg: DictConfig) -> dict[str, Any]:
             "prompt_text": _judge_prompt(cfg).text, "max_tokens": j.max_tokens, "rows": j.rows}
 
 
-def _run_judge(cfg: DictConfig, dev: pd.DataFrame, generations: pd.DataFrame,
-               progress: Callable[[float], None] | None) -> pd.DataFrame:
-    """The judge's verdicts on every (system, opponent) pair of the first ``eval.judge.rows`` dev rows."""
-    j, e = cfg.eval.judge, cfg.eval
-    judge, counter = judge_lib.make_judge(j, cfg.cache_dir, cfg.device, e.dtype, e.seed)
-    rows = dev.head(j.rows) if j.rows > 0 else dev
-    prompt = _judge_prompt(cfg)
-    prefixes = prompt.fill_prefixes(rows, counter, j.max_tokens, data_lib.task_spec(cfg.data.task))
-    return judge_lib.judge_systems(judge, prompt, prefixes, dict(zip(dev["id"], dev["reference"])), generations,
-                                   progress)
-
-
 VERSIONS["judgments"] = 1
 
 
@@ -650,16 +641,23 @@ def run_judgments(cfg: DictConfig, store: ArtifactStore, data: Artifact, outputs
     """The judge's verdicts (``eval.judge``) on named dev outputs (``run_dev_outputs`` artifacts): each
     system against the human reference and against the one named "sft", in both orders, every row's
     judgments sharing one prefix pass (``judgments.parquet``, ``judge.JUDGMENT_COLUMNS``). Keyed by the
-    judge and the names and keys of the outputs, so a table re-rendered with the same systems reuses it.
-    ``progress(fraction)``, when given, follows the judge."""
+    judge and the names and keys of the outputs, so a table re-rendered with the same systems reuses it,
+    as does an evaluation of the same models. ``progress(fraction)``, when given, follows the judge."""
     if not cfg.eval.judge.enabled:
         raise ValueError("run_judgments needs eval.judge.enabled=true")
     config = {"judge": _judge_identity(cfg), "systems": {name: a.key for name, a in outputs.items()}}
 
     def build(out: Path, work: Path) -> dict[str, Any]:
+        j, e = cfg.eval.judge, cfg.eval
+        dev = _rows(data, "dev")
         generations = pd.concat([dev_frames(a, name)[0] for name, a in outputs.items()], ignore_index=True)
         started = time.perf_counter()
-        judgments = _run_judge(cfg, _rows(data, "dev"), generations, progress)
+        judge, counter = judge_lib.make_judge(j, cfg.cache_dir, cfg.device, e.dtype, e.seed)
+        prompt = _judge_prompt(cfg)
+        prefixes = prompt.fill_prefixes(dev.head(j.rows) if j.rows > 0 else dev, counter, j.max_tokens,
+                                        data_lib.task_spec(cfg.data.task))
+        judgments = judge_lib.judge_systems(judge, prompt, prefixes, dict(zip(dev["id"], dev["reference"])),
+                                            generations, progress)
         judgments.to_parquet(out / "judgments.parquet", index=False)
         return {"judgments": len(judgments), "rows": int(judgments["id"].nunique()),
                 "seconds": round(time.perf_counter() - started, 1)}
@@ -672,7 +670,8 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
     """Greedy outputs of each system on the dev split scored with ROUGE-1/2/L F1 against the human
     references, with bootstrap CIs, the paired PLaD-vs-SFT test, the students' calibration
     (``eval.calibration_samples`` samples per prompt), the judge's win rates against the reference
-    and the SFT student (``eval.judge``) and every metric by reference-length bucket.
+    and the SFT student (``eval.judge``) and every metric by reference-length bucket. The outputs and
+    the verdicts are artifacts of their own (``run_dev_outputs``, ``run_judgments``), built here or reused.
 
     Writes generations.parquet, calibration_samples.parquet, judgments.parquet, metrics.json
     (``plad_core.evaluate.evaluation_metrics``), report.md, report.html, plots/ and results.md
@@ -710,13 +709,13 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
             for name, value in outputs[system].manifest["stats"]["seconds"].items():
                 seconds[name] += value
         generations = pd.concat(frames, ignore_index=True)
-        judgments = None
+        judgments, judged = None, None
         if e.judge.enabled:
             steps.report("judge")
-            started = time.perf_counter()
-            judgments = _run_judge(cfg, dev, generations, steps.within("judge"))
-            seconds["judge"] = time.perf_counter() - started
-            judgments.to_parquet(out / "judgments.parquet", index=False)
+            judged = run_judgments(cfg, store, data, outputs, force, steps.within("judge"))  # force re-judges
+            judgments = pd.read_parquet(judged.file("judgments.parquet"))
+            seconds["judge"] = judged.manifest["stats"]["seconds"]  # here or by an earlier run, as the dev outputs
+            shutil.copyfile(judged.file("judgments.parquet"), out / "judgments.parquet")
         steps.report("metrics and report")
         started = time.perf_counter()
         samples = pd.concat(sampled, ignore_index=True) if sampled else pd.DataFrame(
@@ -738,6 +737,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
         log_path = calibrated.file("train_log.parquet")
         keys = {"evaluate": key, **{a.stage: a.key for a in upstream},
                 **{f"dev_outputs ({s})": a.key for s, a in outputs.items()},
+                **({"judgments": judged.key} if judged else {}),
                 **{f"{s} (calibrate's upstream)": v for s, v in calibrated.manifest.get("upstream", {}).items()
                    if s != "sft_student"}}
         summary = report.write_report(
