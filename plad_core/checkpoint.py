@@ -1,7 +1,8 @@
 """Training checkpoints for exact resume, written atomically.
 
 ``last.pt`` holds everything ``train.train_loop`` needs to go on as if it had never stopped: the
-model and optimizer state, the scheduler, the Python and torch RNG states, the data position
+model and optimizer state (whole tensors keyed by parameter name, as ``parallel.full_state`` gathers
+them, so one process, DDP and FSDP write and resume the same files), the scheduler, the Python and torch RNG states, the data position
 (epoch and index in that epoch's shuffled order; checkpoints fall on optimizer-step boundaries, so
 no gradient accumulation is ever pending), the log so far, the best evaluation so far and a
 fingerprint of the run it belongs to. ``best.pt`` holds the weights of the best evaluated step.
@@ -20,6 +21,7 @@ import torch
 
 LAST = "last.pt"
 BEST = "best.pt"
+FORMAT = 2  # 2: the optimizer state is keyed by parameter name (1 keyed it by position)
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -47,11 +49,12 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def save_last(folder: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+def save_last(folder: Path, *, model_state: dict[str, Any], optimizer_state: dict[str, Any], scheduler: Any,
               position: dict[str, int], history: list[dict[str, float]], best: Optional[dict[str, float]],
               fingerprint: dict[str, Any], device: torch.device) -> Path:
+    """``model_state`` and ``optimizer_state``: ``parallel.full_state`` of the model and its optimizer."""
     path = folder / LAST
-    save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    save_atomic({"format": FORMAT, "model": model_state, "optimizer": optimizer_state,
                  "scheduler": scheduler.state_dict(), "rng": rng_state(device), "position": position,
                  "history": history, "best": best, "fingerprint": fingerprint}, path)
     return path
@@ -67,15 +70,20 @@ def load_last(folder: Path, fingerprint: dict[str, Any]) -> Optional[dict[str, A
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{path}: checkpoint in format {state.get('format', 1)} of an older plad, this one reads "
+                         f"format {FORMAT}; remove it to start over")
     if state["fingerprint"] != fingerprint:
         raise ValueError(f"{path}: checkpoint of another run ({state['fingerprint']}), this run is {fingerprint}; "
                          f"remove it to start over")
     return state
 
 
-def save_best(folder: Path, model: torch.nn.Module) -> None:
-    save_atomic(model.state_dict(), folder / BEST)
+def save_best(folder: Path, model_state: dict[str, Any]) -> None:
+    """``model_state``: ``parallel.full_state`` of the model."""
+    save_atomic(model_state, folder / BEST)
 
 
-def load_best(folder: Path, model: torch.nn.Module) -> None:
-    model.load_state_dict(torch.load(folder / BEST, map_location="cpu", weights_only=True))
+def load_best(folder: Path) -> dict[str, Any]:
+    """The weights ``save_best`` wrote (on the CPU), for ``parallel.load_full_state``."""
+    return torch.load(folder / BEST, map_location="cpu", weights_only=True)

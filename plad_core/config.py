@@ -137,6 +137,7 @@ class PairsConfig:
 class LaunchConfig:
     """How calibration runs: in this process, or under ``torchrun`` (``plad_core.launch``)."""
     nproc: int = 1
+    strategy: str = "ddp"
     timeout_s: float = 0.0
     private_network: bool = True
 

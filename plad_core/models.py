@@ -168,8 +168,11 @@ def cast(model: PreTrainedModel, dtype: str) -> PreTrainedModel:
     return model.to(DTYPES[dtype])
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
-    model.save_pretrained(out_dir, safe_serialization=True)
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """A transformers model folder; ``state_dict`` replaces the model's own weights (a sharded model's,
+    gathered whole by ``parallel.full_state``)."""
+    model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
 

@@ -129,7 +129,8 @@ def train_on_pairs(student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             train.calibration_step(student, loss, train_cfg.beta, train_cfg.gamma, train_cfg.nll_weight,
                                    train_cfg.pair_forward))
     history = train.train_loop(student, batches, step, **train.optim_kwargs(o), checkpoint_dir=checkpoint_dir,
-                               evaluation=evaluation, shard=parallel.shard_pairs, desc=f"calibrate ({train_cfg.loss})")
+                               evaluation=evaluation, shard=parallel.shard_pairs, strategy=train_cfg.launch.strategy,
+                               desc=f"calibrate ({train_cfg.loss})")
     score_gap = torch.cat([b["chosen_score"] - b["rejected_score"] for b in batches])
     stats = {"pairs": len(frame), "steps": len(history), "final_loss": history[-1]["loss"],
              "first_pair_accuracy": history[0]["pair_accuracy"],

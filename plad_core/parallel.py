@@ -1,8 +1,11 @@
 """Data parallelism for ``train.train_loop`` under ``torchrun``: ranks, batch shards, metric means.
 
 Every rank runs the same loop over the same global batches; each takes its share of a batch
-(``shard_pairs``), weights its loss by its share of the examples, and DDP averages the gradients,
-so a step's gradient is that of the mean loss over the whole global batch, as in one process.
+(``shard_pairs``), weights its loss by its share of the examples, and DDP (or FSDP's reduce-scatter)
+averages the gradients, so a step's gradient is that of the mean loss over the whole global batch, as
+in one process. Under FSDP (``wrap`` with strategy ``fsdp``) each rank holds only its shard of the
+weights, gradients and optimizer state; ``full_state`` gathers them into the one-process layout that
+checkpoints and saved models use under every strategy, and ``load_full_state`` loads that layout back.
 Nothing here starts processes: ``plad_core.launch`` does, and ``plad_core.calibrate_worker`` is
 what each rank runs.
 """
@@ -10,18 +13,22 @@ what each rank runs.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_model_state_dict, set_state_dict)
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 # (global batch, rank, world) -> (the rank's part, examples in the part, examples in the batch)
 ShardFn = Callable[[Any, int, int], tuple[Any, int, int]]
 
 PER_PAIR_KEY = "chosen_score"  # one value per pair in every pair batch: it tells the pair count B
+STRATEGIES = ("ddp", "fsdp")  # train.launch.strategy
 
 
 @dataclass(frozen=True)
@@ -96,19 +103,97 @@ def weighted_mean(sums: dict[str, float], count: float) -> dict[str, float]:
     return {k: v / count for k, v in sums.items()}
 
 
-def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``module`` in DistributedDataParallel when there are several ranks, else unchanged."""
+def check_strategy(strategy: str) -> None:
+    """A clear error for an unknown ``train.launch.strategy``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"train.launch.strategy='{strategy}' is not known; choose one of {', '.join(STRATEGIES)}")
+
+
+def wrap(module: torch.nn.Module, device: torch.device, strategy: str = "ddp", bf16: bool = False) -> torch.nn.Module:
+    """``module`` ready for several ranks: in DistributedDataParallel (``ddp``) or sharded with FSDP2
+    (``fsdp``, ``fully_shard``: each decoder layer, then ``module`` itself as the root holding the rest,
+    such as the embeddings and the LM head); unchanged on one rank. ``module`` is changed in place under
+    FSDP (its parameters become DTensor shards). With ``bf16`` on CUDA, FSDP all-gathers the weights in
+    bf16 and reduces the gradients in float32 (``MixedPrecisionPolicy``); the sharded weights and the
+    optimizer stay float32."""
+    check_strategy(strategy)
     if ranks().world == 1:
         return module
+    if strategy == "fsdp":
+        mixed = {"param_dtype": torch.bfloat16, "reduce_dtype": torch.float32} if bf16 and device.type == "cuda" else {}
+        for layer in _decoder_layers(module):
+            fully_shard(layer, mp_policy=MixedPrecisionPolicy(**mixed))
+        # the root's inputs are whole batches: their float columns (quality scores, stored log-probs) keep their dtype
+        return fully_shard(module, mp_policy=MixedPrecisionPolicy(**mixed, cast_forward_inputs=False))
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
+def _decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The repeated blocks of the transformers models in ``module``: the modules whose class the model
+    names in ``_no_split_modules`` (``LlamaDecoderLayer`` for Llama), FSDP's unit of sharding."""
+    names = {name for m in module.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
+    layers = [m for m in module.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"train.launch.strategy=fsdp shards each decoder layer, found by the class names in a "
+                         f"transformers model's _no_split_modules; {type(module).__name__} holds none "
+                         f"(names: {sorted(names) or 'none given'}): use train.launch.strategy=ddp")
+    return layers
+
+
 def no_sync(runner: torch.nn.Module, sync: bool) -> ContextManager[Any]:
-    """Skip DDP's gradient all-reduce on micro-batches before the last of an accumulation step."""
-    if sync or not isinstance(runner, torch.nn.parallel.DistributedDataParallel):
+    """Skip the gradient reduction (DDP's all-reduce, FSDP's reduce-scatter) on micro-batches before the
+    last of an accumulation step: the gradients add up locally and are reduced once, on the last."""
+    if sync:
         return nullcontext()
-    return runner.no_sync()
+    if isinstance(runner, torch.nn.parallel.DistributedDataParallel):
+        return runner.no_sync()
+    if isinstance(runner, FSDPModule):
+        return _fsdp_no_sync(runner)
+    return nullcontext()
+
+
+@contextmanager
+def _fsdp_no_sync(runner: FSDPModule) -> Iterator[None]:
+    runner.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        runner.set_requires_gradient_sync(True)
+
+
+# Whole tensors on the CPU, gathered to rank 0 (the other ranks get empty dicts): the one-process layout.
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> tuple[dict, dict]:
+    """``model``'s and ``optimizer``'s state (``{}`` without one) as one process has them: whole tensors
+    on the CPU, keyed by parameter name (the optimizer's state too, so it loads under any strategy).
+
+    Every rank must call it: under FSDP it all-gathers the shards. Rank 0 gets the state; under several
+    ranks the others get empty dicts. Tied parameters (an LM head that is the input embedding) share one
+    tensor, as in ``model.state_dict()``, so a saved model holds them once."""
+    if optimizer is None:
+        weights, optimizer_state = get_model_state_dict(model, options=_FULL), {}
+    else:
+        weights, optimizer_state = get_state_dict(model, optimizer, options=_FULL)
+    first: dict[int, str] = {}  # parameter -> its first name
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name in weights:
+            weights[name] = weights[first.setdefault(id(param), name)]
+    return weights, optimizer_state
+
+
+def load_full_state(model: torch.nn.Module, model_state: dict, optimizer: Optional[torch.optim.Optimizer] = None,
+                    optimizer_state: Optional[dict] = None) -> None:
+    """Load a ``full_state`` (whole tensors, on every rank) into ``model`` and ``optimizer``, under any
+    strategy: under FSDP each rank keeps its shard of each tensor."""
+    options = StateDictOptions(full_state_dict=True)
+    if optimizer is None:
+        set_model_state_dict(model, model_state, options=options)
+    else:
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                       options=options)
 
 
 def barrier() -> None:

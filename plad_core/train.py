@@ -175,7 +175,7 @@ def train_loop(model: PreTrainedModel, batches: Sequence[Any], step_fn: StepFn, 
                schedule: str = "cosine", grad_clip: float = 1.0, bf16: bool = False, seed: int = 0,
                gradient_checkpointing: bool = False, checkpoint_every: int = 0,
                checkpoint_dir: Path | None = None, evaluation: Evaluation | None = None,
-               shard: ShardFn | None = None, desc: str = "train") -> list[dict[str, float]]:
+               shard: ShardFn | None = None, strategy: str = "ddp", desc: str = "train") -> list[dict[str, float]]:
     """AdamW over ``batches`` for ``epochs`` (or ``max_steps`` optimizer steps when > 0), on the
     model's device, with bf16 autocast when ``bf16``.
 
@@ -192,7 +192,9 @@ def train_loop(model: PreTrainedModel, batches: Sequence[Any], step_fn: StepFn, 
     - Several ranks (``torchrun``; ``plad_core.parallel``): each batch is a global batch; ``shard``
       gives each rank its part, gradients are averaged by DDP with each rank's loss weighted by its
       share of the examples, so losses and gradients are those of one process on the whole batch.
-      Rank 0 writes the checkpoints.
+      ``strategy`` (``parallel.STRATEGIES``): ``ddp`` keeps a whole model on every rank, ``fsdp`` shards
+      the model (in place), its gradients and the optimizer state across the ranks. Rank 0 writes the
+      checkpoints, gathered whole (``parallel.full_state``): the same files under every strategy.
     """
     r = parallel.ranks()
     if r.world > 1 and shard is None:
@@ -203,7 +205,7 @@ def train_loop(model: PreTrainedModel, batches: Sequence[Any], step_fn: StepFn, 
     torch.manual_seed(seed)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    runner = parallel.wrap(_Step(model, step_fn), device)
+    runner = parallel.wrap(_Step(model, step_fn), device, strategy, bf16)
     runner.train()
     steps_per_epoch = math.ceil(len(batches) / grad_accum)
     total = max_steps if max_steps > 0 else steps_per_epoch * epochs
@@ -217,8 +219,7 @@ def train_loop(model: PreTrainedModel, batches: Sequence[Any], step_fn: StepFn, 
     step, epoch, index = 0, 0, 0
     saved = checkpoint.load_last(checkpoint_dir, fingerprint) if checkpoint_dir is not None else None
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
+        parallel.load_full_state(model, saved["model"], optimizer, saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         checkpoint.set_rng_state(saved["rng"], device)
         history, best = saved["history"], saved["best"]
@@ -275,18 +276,22 @@ def train_loop(model: PreTrainedModel, batches: Sequence[Any], step_fn: StepFn, 
                 row.update(evaluate())
                 if evaluation.better(row[evaluation.metric], best["value"] if best else None):
                     best = {"step": step, "value": row[evaluation.metric]}
-                    if evaluation.keep == "best" and r.rank == 0:
-                        checkpoint.save_best(checkpoint_dir, model)
+                    if evaluation.keep == "best":
+                        weights, _ = parallel.full_state(model)  # on every rank: FSDP gathers the shards
+                        if r.rank == 0:
+                            checkpoint.save_best(checkpoint_dir, weights)
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             saved = checkpoint_dir is not None and checkpoint_every > 0 and (step % checkpoint_every == 0 or step == total)
+            if saved:
+                weights, optimizer_state = parallel.full_state(model, optimizer)  # on every rank, as above
             if saved and r.rank == 0:
                 position = {"step": step, "epoch": epoch, "index": index} if index < len(order) else \
                     {"step": step, "epoch": epoch + 1, "index": 0}
-                checkpoint.save_last(checkpoint_dir, model=model, optimizer=optimizer, scheduler=scheduler,
-                                     position=position, history=history, best=best, fingerprint=fingerprint,
-                                     device=device)
+                checkpoint.save_last(checkpoint_dir, model_state=weights, optimizer_state=optimizer_state,
+                                     scheduler=scheduler, position=position, history=history, best=best,
+                                     fingerprint=fingerprint, device=device)
             if (evaluated or saved) and r.rank == 0:
                 log.info("%s: step %d/%d, %s%s", desc, step, total,
                          ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k == "loss" or k.startswith("eval_")),
@@ -296,7 +301,7 @@ def train_loop(model: PreTrainedModel, batches: Sequence[Any], step_fn: StepFn, 
     bar.close()
     if evaluation is not None and evaluation.keep == "best" and best is not None:
         parallel.barrier()
-        checkpoint.load_best(checkpoint_dir, model)
+        parallel.load_full_state(model, checkpoint.load_best(checkpoint_dir))
         log.info("%s: kept step %d (%s %.4f)", desc, best["step"], evaluation.metric, best["value"])
     if gradient_checkpointing:
         model.gradient_checkpointing_disable()

@@ -1,0 +1,168 @@
+"""Calibration sharded with FSDP2 on 2 CPU ranks (gloo on 127.0.0.1) against one process, and checkpoints
+written under FSDP resumed under FSDP and in one process."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+
+from pair_fixtures import tldr_pairs, trainer_overrides
+from plad_core import calibrate_worker, launch, parallel
+from plad_core.config import load_config
+from plad_core.stages import calibrate_student, check_train_loss
+from tiny import make_tiny_model
+
+# 13 pairs trained on in batches of 3, 3, 3, 3, 1 (2 micro-batches a step: 3 steps, the second
+# micro-batch's reduce-scatter only), 2 held out and evaluated after every step, the best step kept.
+PAIRS = 15
+OVERRIDES = trainer_overrides(eval_every=1, keep="best")
+LOG_COLUMNS = ["loss", "pair_accuracy", "margin", "grad_norm", "eval_loss", "eval_pair_accuracy", "eval_margin"]
+# fp32 weights after 3 AdamW steps of lr 1e-3: one process and two ranks add the same gradients in
+# another order (float rounding ~1e-7 relative), and Adam's division by sqrt(v) can amplify that to a
+# small share of one step's update (at most lr = 1e-3 per weight); 1e-5 is 1% of such an update, and a
+# real fault (a gradient left unreduced, a micro-batch lost) moves weights by ~lr. Measured: 1.3e-7.
+WEIGHTS_ATOL = 1e-5
+
+
+def fsdp_config(nproc: int = 2):
+    return load_config("base", OVERRIDES + [f"train.launch.nproc={nproc}", "train.launch.strategy=fsdp"])
+
+
+def folders(root: Path) -> tuple[Path, Path]:
+    out, work = root / "out", root / "work"
+    out.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return out, work
+
+
+def result(out: Path) -> tuple[pd.DataFrame, dict]:
+    return pd.read_parquet(out / "train_log.parquet"), load_file(out / "model" / "model.safetensors")
+
+
+def assert_same_training(run: tuple[pd.DataFrame, dict], reference: tuple[pd.DataFrame, dict]) -> None:
+    (log, weights), (ref_log, ref_weights) = run, reference
+    assert list(log.columns) == list(ref_log.columns) and len(ref_log) == 3
+    assert log[["step", "epoch", "tokens", "padding_share"]].equals(ref_log[["step", "epoch", "tokens", "padding_share"]])
+    for column in LOG_COLUMNS:
+        np.testing.assert_allclose(log[column], ref_log[column], rtol=0, atol=1e-5, err_msg=column)
+    assert sorted(weights) == sorted(ref_weights)  # the same model file: the tied LM head is not written twice
+    assert max(float((weights[k] - ref_weights[k]).abs().max()) for k in ref_weights) <= WEIGHTS_ATOL
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[Path, tuple[pd.DataFrame, dict], dict]:
+    """The tiny student, and its calibration in this process: log, weights, stats."""
+    root = tmp_path_factory.mktemp("fsdp")
+    model_dir = make_tiny_model(root / "student", layers=2, hidden=16)
+    out, work = folders(root / "one")
+    stats = calibrate_student(load_config("base", OVERRIDES), tldr_pairs(PAIRS), model_dir, out, work)
+    return model_dir, result(out), stats
+
+
+@pytest.mark.slow
+def test_two_fsdp_cpu_ranks_match_one_process_on_the_same_global_batches(tmp_path, one_process, caplog):
+    model_dir, reference, stats = one_process
+    out, work = folders(tmp_path)
+    caplog.set_level(logging.INFO, logger="test.fsdp")
+    fsdp_stats = calibrate_worker.run(fsdp_config(), tldr_pairs(PAIRS), model_dir, out, work,
+                                      logging.getLogger("test.fsdp"))
+    assert_same_training(result(out), reference)
+    assert fsdp_stats["kept_step"] == stats["kept_step"] and fsdp_stats["held_out_pairs"] == 2
+    assert (out / "model" / "config.json").read_text() == (model_dir.parent / "one" / "out" / "model" /
+                                                           "config.json").read_text()
+
+
+# A rank of calibrate_worker whose calibration step raises on its call number CALLS + 1 (on every rank).
+CRASHING_WORKER = """
+import sys
+from plad_core import calibrate_worker, train
+
+CALLS = {calls}
+real = train.calibration_step
+
+
+def crashing(*args, **kwargs):
+    step, seen = real(*args, **kwargs), [0]
+
+    def run(batch):
+        seen[0] += 1
+        if seen[0] > CALLS:
+            raise RuntimeError(f"crash at call {{seen[0]}}")
+        return step(batch)
+    return run
+
+
+train.calibration_step = crashing
+calibrate_worker.main(sys.argv[1:])
+"""
+
+
+class Lines(logging.Handler):
+    """The messages of a logger (caplog is per test; the fixture below is per module)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def crashed_under_fsdp(tmp_path_factory, one_process) -> Path:
+    """The work folder of a 2-rank FSDP calibration that crashed in step 2, after step 1's checkpoint."""
+    model_dir = one_process[0]
+    root = tmp_path_factory.mktemp("crashed")
+    # step 1 makes calls 1-2 (micro-batches) and 3 (evaluation), then its checkpoint; call 5 is step 2's last
+    script = root / "crashing_worker.py"
+    script.write_text(CRASHING_WORKER.format(calls=4))
+    out, work = folders(root)
+    logger = logging.getLogger("test.fsdp.crash")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler := Lines())
+    with pytest.MonkeyPatch.context() as patch:
+        torchrun_command = launch.torchrun_command
+        patch.setattr(launch, "torchrun_command", lambda nproc, program, **kwargs: torchrun_command(
+            nproc, [str(script), *program[2:]], **kwargs))  # the crashing worker instead of -m calibrate_worker
+        with pytest.raises(RuntimeError, match="exited with 1"):
+            calibrate_worker.run(fsdp_config(), tldr_pairs(PAIRS), model_dir, out, work, logger)
+    logger.removeHandler(handler)
+    assert sum("RuntimeError: crash at call 5" in m for m in handler.lines) == 2, handler.lines[-30:]  # both ranks
+    assert not (out / "model").exists()
+    return work
+
+
+def resumed(crashed: Path, root: Path) -> tuple[Path, Path]:
+    """Output and work folders for a run that resumes from a copy of ``crashed``'s checkpoint."""
+    shutil.copytree(crashed, root / "work")
+    return folders(root)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_under_fsdp_resumes_under_fsdp(tmp_path, one_process, crashed_under_fsdp, caplog):
+    model_dir, reference, _ = one_process
+    out, work = resumed(crashed_under_fsdp, tmp_path)
+    caplog.set_level(logging.INFO, logger="test.fsdp")
+    calibrate_worker.run(fsdp_config(), tldr_pairs(PAIRS), model_dir, out, work, logging.getLogger("test.fsdp"))
+    assert any("resumed at step 1 of 3" in r.getMessage() for r in caplog.records if r.name == "test.fsdp")
+    assert_same_training(result(out), reference)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_written_under_fsdp_resumes_in_one_process(tmp_path, one_process, crashed_under_fsdp, caplog):
+    model_dir, reference, _ = one_process
+    out, work = resumed(crashed_under_fsdp, tmp_path)
+    caplog.set_level(logging.INFO, logger="plad.train")
+    calibrate_student(load_config("base", OVERRIDES), tldr_pairs(PAIRS), model_dir, out, work)
+    assert any("resumed at step 1 of 3" in r.getMessage() for r in caplog.records)
+    assert_same_training(result(out), reference)
+
+
+def test_an_unknown_strategy_is_refused_by_name():
+    with pytest.raises(ValueError, match="train.launch.strategy='zero3' is not known; choose one of ddp, fsdp"):
+        check_train_loss(load_config("base", OVERRIDES + ["train.launch.strategy=zero3"]))
+    assert parallel.STRATEGIES == ("ddp", "fsdp")
