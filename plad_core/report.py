@@ -213,19 +213,29 @@ def training_plot(train_log: pd.DataFrame) -> bytes:
 
 # --- content -----------------------------------------------------------------------------------
 
-def _num(value: Optional[float], digits: int = 2, signed: bool = False) -> str:
+# The number formats of every report and table (plad_core.table, plad_core.scale): "–" marks a missing value.
+
+def num_text(value: Optional[float], digits: int = 2, signed: bool = False) -> str:
+    """``value`` with ``digits`` decimals, with its sign when ``signed``."""
     if value is None:
         return "–"
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
-def ci_text(m: Optional[dict[str, Any]], name: str, digits: int = 2) -> str:
+def ci_text(m: Optional[dict[str, Any]], name: str, digits: int = 2, signed: bool = False) -> str:
+    """``m[name]`` and its 95% CI ``[m[name_low], m[name_high]]``, as ``num_text``."""
     if not m or m.get(name) is None:
         return "–"
-    return f"{m[name]:.{digits}f} [{m[name + '_low']:.{digits}f}, {m[name + '_high']:.{digits}f}]"
+    low, high = (num_text(m[f"{name}_{end}"], digits, signed) for end in ("low", "high"))
+    return f"{num_text(m[name], digits, signed)} [{low}, {high}]"
 
 
-def _p(p_value: float, n_resamples: int) -> str:
+def difference_text(p: Optional[dict[str, Any]]) -> str:
+    """A paired comparison's (``stats.paired_bootstrap``) difference and its 95% CI, signed."""
+    return "–" if not p else f"{p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]"
+
+
+def p_text(p_value: float, n_resamples: int) -> str:
     """A bootstrap p-value of 0 only says p < 1/n_resamples."""
     return f"< {1 / n_resamples:.2g}" if p_value == 0 else f"{p_value:.3f}"
 
@@ -235,18 +245,17 @@ def _paired_sentence(p: Optional[dict[str, Any]], n_resamples: int) -> str:
         return "PLaD vs SFT: not computed (both systems are needed)."
     verdict = ("the 95% CI excludes zero" if p["low"] > 0 or p["high"] < 0
                else "the 95% CI includes zero: no detectable difference at this sample size")
-    return (f"PLaD − SFT, ROUGE-L: {p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}], paired bootstrap "
-            f"p {'' if p['p_value'] == 0 else '= '}{_p(p['p_value'], n_resamples)} over n = {p['n']} dev rows "
+    return (f"PLaD − SFT, ROUGE-L: {difference_text(p)}, paired bootstrap "
+            f"p {'' if p['p_value'] == 0 else '= '}{p_text(p['p_value'], n_resamples)} over n = {p['n']} dev rows "
             f"({n_resamples} resamples); {verdict}.")
 
 
 def _calibration_rows(calibration: dict[str, dict[str, Any]]) -> list[list[str]]:
     rows = []
     for system, c in calibration.items():
-        spearman = "–" if c["spearman"] is None else (
-            f"{c['spearman']:+.3f} [{c['spearman_low']:+.3f}, {c['spearman_high']:+.3f}]")
-        rows.append([SYSTEM_LABELS.get(system, system), spearman, f"{c['prompts_used']} / {c['prompts_skipped']}",
-                     _num(c["ece"], 3), _num(c["mean_confidence"], 3), _num(c["outcome_rate"], 3),
+        rows.append([SYSTEM_LABELS.get(system, system), ci_text(c, "spearman", 3, signed=True),
+                     f"{c['prompts_used']} / {c['prompts_skipped']}",
+                     num_text(c["ece"], 3), num_text(c["mean_confidence"], 3), num_text(c["outcome_rate"], 3),
                      str(c["ece_samples"])])
     return rows
 
@@ -261,10 +270,6 @@ def _bucket_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = [[b["name"], str(b["n"]), *[ci_text(b["systems"].get(s), "rougeL") for s in systems]]
             for b in metrics["length_buckets"]["buckets"]]
     return header, rows
-
-
-def _win(w: Optional[dict[str, Any]]) -> str:
-    return "–" if not w else f"{w['win_rate']:.1f} [{w['win_rate_low']:.1f}, {w['win_rate_high']:.1f}]"
 
 
 def _wtl(w: Optional[dict[str, Any]]) -> str:
@@ -282,7 +287,8 @@ def results_table(metrics: dict[str, Any]) -> Table:
     header = ["system", "ROUGE-1", "ROUGE-2", "ROUGE-L", "mean tokens",
               *[f"win rate vs {OPPONENT_LABELS[o]}" for o in opponents], "n"]
     rows = [[s, ci_text(m, "rouge1"), ci_text(m, "rouge2"), ci_text(m, "rougeL"), ci_text(m, "mean_output_tokens", 1),
-             *[_win(vs[o].get(s)) for o in opponents], str(m["n"])] for s, m in metrics["systems"].items()]
+             *[ci_text(vs[o].get(s), "win_rate", 1) for o in opponents], str(m["n"])]
+            for s, m in metrics["systems"].items()]
     return Table(header, rows)
 
 
@@ -300,8 +306,8 @@ def _judge_blocks(metrics: dict[str, Any]) -> tuple[list[Block], list[Block]]:
         "student's output, twice with the positions swapped: a win when the judge prefers the system in both orders, "
         "a loss when it prefers the opponent in both, a tie otherwise. Win rate = (wins + ½·ties) / n (x100), with "
         f"95% bootstrap CIs over rows; W / T / L counts wins, ties and losses.")
-    diagnostics = (f"position consistency {_num(judge['consistency'], 1)}% (pairs whose two verdicts name the same "
-                   f"candidate), position A chosen in {_num(judge['a_rate'], 1)}% of readable verdicts, "
+    diagnostics = (f"position consistency {num_text(judge['consistency'], 1)}% (pairs whose two verdicts name "
+                   f"the same candidate), position A chosen in {num_text(judge['a_rate'], 1)}% of readable verdicts, "
                    f"{judge['unreadable']} of {judge['judgments']} verdicts unreadable")
     if str(settings["model"]).startswith("embedded:"):
         caveat = Para(
@@ -322,10 +328,10 @@ def _judge_blocks(metrics: dict[str, Any]) -> tuple[list[Block], list[Block]]:
         row = [s]
         for o in opponents:
             w = vs[o].get(s)
-            row += [_win(w), _wtl(w), _num(w["consistency"], 1) if w else "–"]
+            row += [ci_text(w, "win_rate", 1), _wtl(w), num_text(w["consistency"], 1) if w else "–"]
         rows.append(row)
     table = Table(header, rows)
-    buckets = [[b["name"], s, *[_win(b["judge"]["vs"].get(o, {}).get(s)) for o in opponents]]
+    buckets = [[b["name"], s, *[ci_text(b["judge"]["vs"].get(o, {}).get(s), "win_rate", 1) for o in opponents]]
                for b in metrics["length_buckets"]["buckets"] if b.get("judge") for s in systems]
     report: list[Block] = [Heading("Judge win rate"), method, caveat, table]
     if buckets:
@@ -372,8 +378,8 @@ def build_blocks(metrics: dict[str, Any], generations: pd.DataFrame, references:
         "(twice the smaller share of resampled mean differences on either side of zero)."), Para(paired_line)]
     if paired:
         report.append(Table(["comparison", "metric", "difference", "95% CI", "p", "n"],
-                            [["PLaD − SFT", paired["metric"], _num(paired["difference"], signed=True),
-                              f"[{paired['low']:+.2f}, {paired['high']:+.2f}]", _p(paired["p_value"], n_resamples),
+                            [["PLaD − SFT", paired["metric"], num_text(paired["difference"], signed=True),
+                              f"[{paired['low']:+.2f}, {paired['high']:+.2f}]", p_text(paired["p_value"], n_resamples),
                               str(paired["n"])]]))
     summary.append(Para(paired_line))
 
@@ -390,15 +396,15 @@ def build_blocks(metrics: dict[str, Any], generations: pd.DataFrame, references:
     report += [Para("Every headline metric per bucket:"),
                Table(["bucket", "system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "mean tokens"], detail,
                      ["l", "l", "r", "r", "r", "r", "r"])]
-    bucket_paired = [[b["name"], str(p["n"]), f"{p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]",
-                      _p(p["p_value"], n_resamples)]
+    bucket_paired = [[b["name"], str(p["n"]), difference_text(p), p_text(p["p_value"], n_resamples)]
                      for b in buckets["buckets"] if (p := b["paired"].get("plad_vs_sft"))]
     if bucket_paired:
         report += [Para("PLaD − SFT ROUGE-L per bucket (paired bootstrap):"),
                    Table(["bucket", "n", "difference [95% CI]", "p"], bucket_paired)]
     bucket_calibration = [[b["name"], SYSTEM_LABELS.get(s, s),
-                           "–" if c["spearman"] is None else f"{c['spearman']:+.3f}",
-                           f"{c['prompts_used']} / {c['prompts_skipped']}", _num(c["ece"], 3), str(c["ece_samples"])]
+                           num_text(c["spearman"], 3, signed=True),
+                           f"{c['prompts_used']} / {c['prompts_skipped']}", num_text(c["ece"], 3),
+                           str(c["ece_samples"])]
                           for b in buckets["buckets"] for s, c in b["calibration"].items()]
     if bucket_calibration:
         report += [Para("Calibration per bucket:"),

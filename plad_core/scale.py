@@ -102,7 +102,7 @@ def scale_blocks(exp: ScaleExperiment, points: list[dict[str, Any]], extra: list
         paired = p["plad_vs_sft"]
         rows.append([f"{p['fraction']:.0%}", str(p["prompts"]), str(p["pairs"]),
                      report.ci_text(p["systems"].get("plad"), metric), report.ci_text(p["systems"].get("sft"), metric),
-                     "–" if not paired else f"{paired['difference']:+.2f} [{paired['low']:+.2f}, {paired['high']:+.2f}]",
+                     report.difference_text(paired),
                      "–" if not paired else f"{paired['p_value']:.3f}", p["keys"]["evaluate"]])
     table = report.Table(["fraction", "unlabeled prompts", "pairs", f"PLaD {label}", f"SFT {label}",
                           "PLaD − SFT ROUGE-L [95% CI]", "p", "evaluate key"], rows)

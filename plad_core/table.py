@@ -399,9 +399,7 @@ def _label(system: str) -> str:
 
 
 def _delta(p: Optional[dict[str, Any]], n_resamples: int) -> str:
-    if not p:
-        return "–"
-    return f"{p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}], p {report._p(p['p_value'], n_resamples)}"
+    return f"{report.difference_text(p)}, p {report.p_text(p['p_value'], n_resamples)}" if p else "–"
 
 
 def _verdict(p: dict[str, Any], better: str, worse: str) -> str:
@@ -422,9 +420,9 @@ def headline_table(result: dict[str, Any]) -> report.Table:
     rows = []
     for system, s in result["systems"].items():
         m, judge = s["metrics"], s["judge"]
-        rows.append([_label(system), report._num(m["rouge1"]), report._num(m["rouge2"]), report.ci_text(m, "rougeL"),
+        rows.append([_label(system), report.num_text(m["rouge1"]), report.num_text(m["rouge2"]), report.ci_text(m, "rougeL"),
                      _delta(s["vs_sft"], n), report.ci_text(judge.get(REFERENCE), "win_rate", 1),
-                     report.ci_text(judge.get("sft"), "win_rate", 1), report._num(m["mean_output_tokens"], 1)])
+                     report.ci_text(judge.get("sft"), "win_rate", 1), report.num_text(m["mean_output_tokens"], 1)])
     return report.Table(["system", "ROUGE-1", "ROUGE-2", "ROUGE-L [95% CI]", "Δ ROUGE-L vs SFT [95% CI], p",
                          "win rate vs reference", "win rate vs SFT", "mean tokens"], rows)
 
@@ -481,19 +479,19 @@ def discussion(result: dict[str, Any]) -> list[str]:
             + "; ".join(accuracy) + f". Held-out pairs per run: {', '.join(map(str, held))}"
             + (" — too few to measure accuracy finely (steps of 1/n)." if held and held[0] < 30 else "."))
         rises = [f"{s} {v['training']['runs_with_eval_loss_rise']} of {len(v['seeds'])} runs "
-                 f"(mean rise {report._num(v['training']['eval_loss_rise'], 3)})" for s, v in trained.items()]
+                 f"(mean rise {report.num_text(v['training']['eval_loss_rise'], 3)})" for s, v in trained.items()]
         out.append("Overfitting: runs whose held-out loss ended above its lowest evaluated value: " + "; ".join(rises)
                    + ". A rise with a falling training loss means the student fits these pairs, not the task; "
                      "per-run curves (first, best and last evaluation) are in Training below.")
     sft_cal = systems["sft"]["calibration"]
-    changes = [f"{s} ρ {report._num(v['calibration']['spearman'], 3, True)} (Δ "
-               f"{report._num(None if v['calibration']['spearman'] is None or sft_cal['spearman'] is None else v['calibration']['spearman'] - sft_cal['spearman'], 3, True)}), "
-               f"ECE {report._num(v['calibration']['ece'], 3)} (Δ "
-               f"{report._num(None if v['calibration']['ece'] is None or sft_cal['ece'] is None else v['calibration']['ece'] - sft_cal['ece'], 3, True)})"
+    changes = [f"{s} ρ {report.num_text(v['calibration']['spearman'], 3, True)} (Δ "
+               f"{report.num_text(None if v['calibration']['spearman'] is None or sft_cal['spearman'] is None else v['calibration']['spearman'] - sft_cal['spearman'], 3, True)}), "
+               f"ECE {report.num_text(v['calibration']['ece'], 3)} (Δ "
+               f"{report.num_text(None if v['calibration']['ece'] is None or sft_cal['ece'] is None else v['calibration']['ece'] - sft_cal['ece'], 3, True)})"
                for s, v in trained.items() if v["calibration"]] if sft_cal else []
     if changes:
-        out.append(f"Calibration, mean over seeds against the SFT student's ρ {report._num(sft_cal['spearman'], 3, True)} "
-                   f"and ECE {report._num(sft_cal['ece'], 3)}: " + "; ".join(changes) + ". PLaD's aim is a higher ρ "
+        out.append(f"Calibration, mean over seeds against the SFT student's ρ {report.num_text(sft_cal['spearman'], 3, True)} "
+                   f"and ECE {report.num_text(sft_cal['ece'], 3)}: " + "; ".join(changes) + ". PLaD's aim is a higher ρ "
                    "(log P̄ ranks the student's own samples by quality); the per-seed CIs in Calibration show how "
                    "much of a change is noise.")
     settings = result["settings"]
@@ -543,8 +541,8 @@ def table_blocks(exp: TableExperiment, extra: list[str], result: dict[str, Any],
         c = r["calibration"] or {}
         per_seed.append([r["system"], str(r["seed"]), report.ci_text(r["metrics"], "rougeL"), _delta(r["vs_sft"], n),
                          report.ci_text(r["judge"].get(REFERENCE), "win_rate", 1),
-                         report.ci_text(r["judge"].get("sft"), "win_rate", 1), report._num(c.get("spearman"), 3, True),
-                         report._num(c.get("ece"), 3),
+                         report.ci_text(r["judge"].get("sft"), "win_rate", 1), report.num_text(c.get("spearman"), 3, True),
+                         report.num_text(c.get("ece"), 3),
                          f"{_pct(t['sft_held_out_pair_accuracy'])} → {_pct(t.get('eval_last', {}).get('pair_accuracy'))}",
                          r["calibrate_key"]])
     blocks.append(report.Table(["system", "seed", "ROUGE-L [95% CI]", "Δ vs SFT, p", "win vs reference", "win vs SFT",
@@ -569,10 +567,9 @@ def table_blocks(exp: TableExperiment, extra: list[str], result: dict[str, Any],
         for s, c in calibrated.items():
             for label, p in c["per_seed"].items():
                 rows.append([_label(s), label.split("@")[-1] if "@" in label else "–",
-                             "–" if p["spearman"] is None else
-                             f"{p['spearman']:+.3f} [{p['spearman_low']:+.3f}, {p['spearman_high']:+.3f}]",
-                             f"{p['prompts_used']} / {p['prompts_skipped']}", report._num(p["ece"], 3)])
-            rows.append([f"{_label(s)}: mean", "", report._num(c["spearman"], 3, True), "", report._num(c["ece"], 3)])
+                             report.ci_text(p, "spearman", 3, signed=True),
+                             f"{p['prompts_used']} / {p['prompts_skipped']}", report.num_text(p["ece"], 3)])
+            rows.append([f"{_label(s)}: mean", "", report.num_text(c["spearman"], 3, True), "", report.num_text(c["ece"], 3)])
         blocks += [report.Para(
             f"K = {settings['calibration_samples']} samples per prompt on the first {settings['calibration_rows'] or 'all'} "
             "dev rows, each scored by the student that wrote it (plad_core.calibration): Spearman ρ between log P̄ "
@@ -591,13 +588,13 @@ def table_blocks(exp: TableExperiment, extra: list[str], result: dict[str, Any],
             f"Judge {j['model']} ({j['backend']}), prompt conf/{j['prompt']}, {j['rows']} dev rows; every output "
             "against the human reference and against the SFT student's, in both orders (a tie when the verdicts "
             "disagree). A trained system's per-row score is averaged over its seeds. Position consistency "
-            f"{report._num(judge['consistency'], 1)}%, A chosen in {report._num(judge['a_rate'], 1)}% of readable "
+            f"{report.num_text(judge['consistency'], 1)}%, A chosen in {report.num_text(judge['a_rate'], 1)}% of readable "
             f"verdicts, {judge['unreadable']} of {judge['judgments']} unreadable."),
             report.Table(["system", "vs reference [95% CI]", "consistent %", "vs SFT [95% CI]", "consistent %", "n"],
                          [[_label(s), report.ci_text(v["judge"].get(REFERENCE), "win_rate", 1),
-                           report._num((v["judge"].get(REFERENCE) or {}).get("consistency"), 1),
+                           report.num_text((v["judge"].get(REFERENCE) or {}).get("consistency"), 1),
                            report.ci_text(v["judge"].get("sft"), "win_rate", 1),
-                           report._num((v["judge"].get("sft") or {}).get("consistency"), 1),
+                           report.num_text((v["judge"].get("sft") or {}).get("consistency"), 1),
                            str((v["judge"].get(REFERENCE) or {}).get("n", "–"))] for s, v in systems.items()])]
     else:
         blocks.append(report.Para("Not run (eval.judge.enabled = false)."))
