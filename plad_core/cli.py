@@ -18,6 +18,7 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, Callable
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -35,10 +36,20 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides, e.g. train.beta=0.5")
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def _add_experiment_args(parser: argparse.ArgumentParser, default: str, example: str) -> None:
+    parser.add_argument("--experiment", default=default,
+                        help=f"experiment name under conf/experiments/ or a YAML path (default: {default})")
+    parser.add_argument("overrides", nargs="*", help=f"dotlist overrides for every run, e.g. {example}")
+
+
+def _flow(module: str, name: str) -> Callable[..., dict[str, Any]]:
+    """The Prefect flow ``name`` of ``flows/<module>.py``: Prefect is imported only by the commands that run one."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "plad")
-    distill = importlib.import_module("flows.distill").distill  # Prefect is imported only by this command
-    result = distill(config=args.config, overrides=args.overrides, force=args.force)
+    return getattr(importlib.import_module(f"flows.{module}"), name)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    result = _flow("distill", "distill")(config=args.config, overrides=args.overrides, force=args.force)
     evaluate = Path(result["artifacts"]["evaluate"])
     print(f"\nResults ({result['config']}, dev split):\n")
     print((evaluate / "results.md").read_text())
@@ -50,24 +61,22 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"Report:  {evaluate / 'report.html'}")
 
 
-def cmd_scale(args: argparse.Namespace) -> None:
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "plad")
-    distill_scale = importlib.import_module("flows.scale").distill_scale  # Prefect only for this command
-    result = distill_scale(experiment=args.experiment, overrides=args.overrides)
+def _print_experiment(result: dict[str, Any], label: str, file: str) -> None:
+    """An experiment flow's summary, then ``label`` with ``file`` of its artifact folder, and the report."""
     folder = Path(result["artifact"])
     print(f"\n{(folder / 'summary.md').read_text()}")
-    print(f"Plot:    {folder / 'plots' / 'scale.png'}")
+    print(f"{label + ':':<9}{folder / file}")
     print(f"Report:  {folder / 'report.html'}")
+
+
+def cmd_scale(args: argparse.Namespace) -> None:
+    result = _flow("scale", "distill_scale")(experiment=args.experiment, overrides=args.overrides)
+    _print_experiment(result, "Plot", "plots/scale.png")
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "plad")
-    distill_table = importlib.import_module("flows.table").distill_table  # Prefect only for this command
-    result = distill_table(experiment=args.experiment, overrides=args.overrides, tune=args.tune)
-    folder = Path(result["artifact"])
-    print(f"\n{(folder / 'summary.md').read_text()}")
-    print(f"Numbers: {folder / 'table.json'}")
-    print(f"Report:  {folder / 'report.html'}")
+    result = _flow("table", "distill_table")(experiment=args.experiment, overrides=args.overrides, tune=args.tune)
+    _print_experiment(result, "Numbers", "table.json")
 
 
 def cmd_stage(args: argparse.Namespace) -> None:
@@ -132,16 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     scale = commands.add_parser("scale", help="the data-scale experiment: the flow over shares of the unlabeled split")
-    scale.add_argument("--experiment", default="data_scale",
-                       help="experiment name under conf/experiments/ or a YAML path (default: data_scale)")
-    scale.add_argument("overrides", nargs="*", help="dotlist overrides for every run, e.g. train.beta=0.5")
+    _add_experiment_args(scale, "data_scale", "train.beta=0.5")
     scale.set_defaults(func=cmd_scale)
 
     table = commands.add_parser("table", help="the paper's table: SFT, SeqKD, token KD, DPKD and PLaD over seeds")
-    table.add_argument("--experiment", default="tldr_table",
-                       help="experiment name under conf/experiments/ or a YAML path (default: tldr_table)")
+    _add_experiment_args(table, "tldr_table", "eval.judge.enabled=false")
     table.add_argument("--tune", action="store_true", help="run the experiment's dev-only tuning grid instead")
-    table.add_argument("overrides", nargs="*", help="dotlist overrides for every run, e.g. eval.judge.enabled=false")
     table.set_defaults(func=cmd_table)
 
     stage = commands.add_parser("stage", help="run one stage (and any missing upstream), without Prefect")
