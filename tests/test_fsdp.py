@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
 
 from pair_fixtures import tldr_pairs, trainer_overrides
-from plad_core import calibrate_worker, launch, parallel
+from plad_core import calibrate_worker, checkpoint, launch, parallel
 from plad_core.config import load_config
 from plad_core.stages import calibrate_student, check_train_loss
 from tiny import make_tiny_model
@@ -166,3 +168,17 @@ def test_an_unknown_strategy_is_refused_by_name():
     with pytest.raises(ValueError, match="train.launch.strategy='zero3' is not known; choose one of ddp, fsdp"):
         check_train_loss(load_config("base", OVERRIDES + ["train.launch.strategy=zero3"]))
     assert parallel.STRATEGIES == ("ddp", "fsdp")
+
+
+def test_fsdp_shards_each_decoder_layer_of_a_transformers_model_and_names_a_model_without_them(tmp_path):
+    student = LlamaForCausalLM.from_pretrained(make_tiny_model(tmp_path / "student", layers=2, hidden=16))
+    assert [type(m).__name__ for m in parallel._decoder_layers(student)] == ["LlamaDecoderLayer"] * 2
+    with pytest.raises(ValueError, match="Sequential holds none .*use train.launch.strategy=ddp"):
+        parallel._decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_a_checkpoint_in_the_layout_before_fsdp_is_refused_with_its_path(tmp_path):
+    torch.save({"model": {}, "optimizer": {"state": {0: {}}, "param_groups": []}, "fingerprint": {}},
+               tmp_path / checkpoint.LAST)  # format 1: the optimizer state keyed by position, no "format"
+    with pytest.raises(ValueError, match=r"last.pt: checkpoint in format 1 of an older plad, this one reads format 2"):
+        checkpoint.load_last(tmp_path, {})
