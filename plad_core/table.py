@@ -47,7 +47,7 @@ from plad_core.stages import (DEPENDENCIES, RUNNERS, check_train_loss, dev_frame
                               run_judgments)
 from plad_core.stats import bootstrap_ci, paired_bootstrap
 
-STAGE, VERSION = "table", 1
+STAGE, VERSION = "table", 2
 SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sample_teacher", "sample_student", "build_pairs")
 FIXED = ("teacher", "sft")            # always in the table, under these names
 PLAD_LOSSES = ("ranking", "margin")   # the systems compared with every baseline
@@ -350,9 +350,11 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
     for system, labels in members.items():
         mine = [row for row in run_rows if row["system"] == system]
         cal = [calibration.get(label) for label in labels]
+        texts = generations.loc[generations["system"].isin(labels), "text"]
         entry = {"kind": system if system in FIXED else "trained", "loss": loss_of.get(system),
                  "plad": loss_of.get(system) in PLAD_LOSSES, "seeds": [row["seed"] for row in mine],
                  "metrics": per_system["systems"][system],
+                 "repeated_trigrams": round(100 * float(np.mean([eval_lib.repeated_ngram_share(t) for t in texts])), 1),
                  "vs_sft": None if system == "sft" else vs_sft(by_system[system]),
                  "judge": wins.get(system, {}),
                  "calibration": None if not any(cal) else {
@@ -483,6 +485,15 @@ def discussion(result: dict[str, Any]) -> list[str]:
         out.append("Overfitting: runs whose held-out loss ended above its lowest evaluated value: " + "; ".join(rises)
                    + ". A rise with a falling training loss means the student fits these pairs, not the task; "
                      "per-run curves (first, best and last evaluation) are in Training below.")
+    lengths = [f"{_label(s)} {report.num_text(v['metrics']['mean_output_tokens'], 1)} tokens, "
+               f"{report.num_text(v['repeated_trigrams'], 1)}% repeated"
+               for s, v in systems.items() if v.get("repeated_trigrams") is not None]
+    if lengths:
+        out.append(
+            "Length and repetition (dev outputs: mean tokens; share of word 3-grams that repeat an earlier 3-gram of "
+            "the same output, mean over outputs and seeds): " + "; ".join(lengths) + ". A student that moves toward "
+            "the teacher's length while its repeated share rises has learned the teacher's length, not its content, "
+            "and loops until the token limit; ROUGE-L F1 hardly penalises such loops, so read it beside this.")
     sft_cal = systems["sft"]["calibration"]
     changes = [f"{s} ρ {report.num_text(v['calibration']['spearman'], 3, True)} (Δ "
                f"{report.num_text(None if v['calibration']['spearman'] is None or sft_cal['spearman'] is None else v['calibration']['spearman'] - sft_cal['spearman'], 3, True)}), "

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from plad_core.artifacts import MANIFEST, ArtifactStore
 from plad_core.config import ConfigError, load_config
+from plad_core.evaluate import repeated_ngram_share
 from plad_core.judge import pair_outcomes
 from plad_core.report import ci_text
 from plad_core.table import (TableExperiment, TableSystem, judge_win_rates, load_experiment, pair_accuracy,
@@ -23,19 +24,22 @@ from tiny import make_tiny_model, tiny_overrides
 def test_shipped_experiments_load_and_their_tuning_grid_expands():
     exp = load_experiment("tldr_table")
     assert [s.name for s in exp.systems] == ["SeqKD", "token KD", "DPKD", "PLaD-ranking", "PLaD-margin"]
-    assert exp.seeds == [0, 1, 2] and exp.config == "demo" and exp.tuning.status == "not run yet"
+    assert exp.seeds == [0, 1, 2] and exp.config == "demo"
     losses = [load_config(exp.config, run_overrides(exp, s, 2)).train for s in exp.systems]
     assert [t.loss for t in losses] == ["seqkd", "token_kd", "dpkd", "ranking", "margin"]
     assert {t.optim.seed for t in losses} == {2} and losses[2].beta == 0.1
 
     tuning = tuning_experiment(exp)
-    assert len(tuning.systems) == 2 * 2 * 2 * 2 and tuning.seeds == [0]
+    assert len(tuning.systems) == 2 * 2 * 2 and tuning.seeds == [0]
     assert tuning.overrides[-2:] == ["eval.calibration_samples=0", "eval.judge.enabled=false"]
-    first = tuning.systems[0]
-    assert first.name == "beta=0.5 nll_weight=0.0 lr=1e-05 epochs=1"
+    assert tuning.systems[0].name == "beta=0.5 nll_weight=0.0 lr=1e-05"
     cfg = load_config(tuning.config, run_overrides(tuning, tuning.systems[-1], 0))
-    assert (cfg.train.loss, cfg.train.beta, cfg.train.nll_weight, cfg.train.optim.lr, cfg.train.optim.epochs) == (
-        "ranking", 1.0, 0.1, 3e-5, 2)
+    assert (cfg.train.loss, cfg.train.beta, cfg.train.nll_weight, cfg.train.optim.lr) == ("ranking", 1.0, 0.1, 3e-5)
+    # the tuning result: one dev ROUGE-L per grid point, and the chosen point is what both PLaD systems train with
+    assert set(exp.tuning.results) == {s.name for s in tuning.systems}
+    assert max(exp.tuning.results, key=exp.tuning.results.get) == "beta=0.5 nll_weight=0.1 lr=3e-05"
+    for plad in losses[3:]:
+        assert {k: OmegaConf.select(OmegaConf.create({"train": plad}), k) for k in exp.tuning.chosen} == exp.tuning.chosen
 
     gpu = load_experiment("tldr_table_gpu")
     cfg = load_config(gpu.config, run_overrides(gpu, gpu.systems[1], 0))
@@ -80,6 +84,13 @@ def test_judge_win_rates_average_each_rows_score_over_the_seeds():
     assert wins["win_rate"] == pytest.approx(100 * (0.75 + 0.5) / 2) and wins["n"] == 2
     assert wins["win_rate_low"] <= wins["win_rate"] <= wins["win_rate_high"]
     assert wins["consistency"] == 75.0  # 3 of the 4 (seed, row) pairs gave one answer in both orders
+
+
+def test_repeated_ngram_share_counts_trigrams_seen_earlier_in_the_same_text():
+    assert repeated_ngram_share("a b c a b c") == pytest.approx(1 / 4)  # abc bca cab abc: the last repeats
+    assert repeated_ngram_share("I'm not sure, I'm not sure, I'm not sure,") == pytest.approx(4 / 7)
+    assert repeated_ngram_share("A b C a B c") == pytest.approx(1 / 4)  # lower-cased
+    assert repeated_ngram_share("a b c d") == 0.0 and repeated_ngram_share("two words") == 0.0
 
 
 def test_pair_accuracy_compares_per_token_log_likelihoods():
@@ -205,6 +216,11 @@ def test_table_judges_calibrates_and_reads_training_and_pairs(tiny_table):
     for label, system in [("Teacher", "teacher"), ("SFT", "sft"), ("SeqKD", "SeqKD"), ("PLaD-ranking", "PLaD-ranking")]:
         assert rows[label][3] == ci_text(result["systems"][system]["metrics"], "rougeL")
     assert rows["SFT"][4] == "–" and rows["SeqKD"][4].startswith(f"{result['systems']['SeqKD']['vs_sft']['difference']:+.2f} [")
+    generations = pd.read_parquet(store.path("dev_outputs", result["keys"]["dev_outputs SeqKD@0"]) / "generations.parquet")
+    generations_1 = pd.read_parquet(store.path("dev_outputs", result["keys"]["dev_outputs SeqKD@1"]) / "generations.parquet")
+    shares = [repeated_ngram_share(t) for t in [*generations["text"], *generations_1["text"]]]
+    assert result["systems"]["SeqKD"]["repeated_trigrams"] == pytest.approx(100 * sum(shares) / len(shares), abs=0.05)
     report = (folder / "report.md").read_text()
     assert "## Discussion" in report and "Is the teacher's output really better?" in report
+    assert "Length and repetition" in report
     assert (folder / "report.html").read_text().count('<img src="data:image/png;base64,') == 1
