@@ -47,7 +47,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 # `make table`: the paper's table at our scale (conf/experiments/tldr_table.yaml: SFT, SeqKD, token KD,
-# DPKD, PLaD-ranking and PLaD-margin, 3 seeds; ~75 min cold on 2 CPU cores, estimated in that file).
+# DPKD, PLaD-ranking and PLaD-margin, 3 seeds; 52 min measured cold on 2 CPU cores, see that file).
 # TUNE=1 runs its dev-only tuning grid instead; EXPERIMENT=tldr_table_gpu HF_HUB_OFFLINE=0 the GPU config.
 EXPERIMENT ?= tldr_table
 table: setup
