@@ -298,9 +298,10 @@ def test_two_concurrent_runs_share_one_artifact_per_key(served):
     assert a.start_time < b.end_time and b.start_time < a.end_time, (a.start_time, a.end_time, b.start_time, b.end_time)
 
     store = ArtifactStore(root)
-    # Beside the stages: evaluate's per-model dev outputs (teacher, SFT and PLaD student), one folder each.
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([*STAGES, "dev_outputs"])
-    assert len(_committed(root, "dev_outputs")) == 3
+    # Beside the stages: evaluate's per-model dev outputs (teacher, SFT and PLaD student), one folder each,
+    # and its judge verdicts (one artifact for all three).
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([*STAGES, "dev_outputs", "judgments"])
+    assert len(_committed(root, "dev_outputs")) == 3 and len(_committed(root, "judgments")) == 1
     for stage in STAGES:
         committed = _committed(root, stage)
         assert len(committed) == 1, f"{stage}: {[p.name for p in committed]}"
