@@ -486,14 +486,12 @@ def discussion(result: dict[str, Any]) -> list[str]:
                    + ". A rise with a falling training loss means the student fits these pairs, not the task; "
                      "per-run curves (first, best and last evaluation) are in Training below.")
     lengths = [f"{_label(s)} {report.num_text(v['metrics']['mean_output_tokens'], 1)} tokens, "
-               f"{report.num_text(v['repeated_trigrams'], 1)}% repeated"
-               for s, v in systems.items() if v.get("repeated_trigrams") is not None]
-    if lengths:
-        out.append(
-            "Length and repetition (dev outputs: mean tokens; share of word 3-grams that repeat an earlier 3-gram of "
-            "the same output, mean over outputs and seeds): " + "; ".join(lengths) + ". A student that moves toward "
-            "the teacher's length while its repeated share rises has learned the teacher's length, not its content, "
-            "and loops until the token limit; ROUGE-L F1 hardly penalises such loops, so read it beside this.")
+               f"{report.num_text(v['repeated_trigrams'], 1)}% repeated" for s, v in systems.items()]
+    out.append(
+        "Length and repetition (dev outputs: mean tokens; share of word 3-grams that repeat an earlier 3-gram of "
+        "the same output, mean over outputs and seeds): " + "; ".join(lengths) + ". A student that moves toward "
+        "the teacher's length while its repeated share rises has learned the teacher's length, not its content, "
+        "and loops until the token limit; ROUGE-L F1 hardly penalises such loops, so read it beside this.")
     sft_cal = systems["sft"]["calibration"]
     changes = [f"{s} ρ {report.num_text(v['calibration']['spearman'], 3, True)} (Δ "
                f"{report.num_text(None if v['calibration']['spearman'] is None or sft_cal['spearman'] is None else v['calibration']['spearman'] - sft_cal['spearman'], 3, True)}), "
