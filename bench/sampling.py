@@ -1,6 +1,7 @@
 """Sampling throughput: naive per-example generation against the project's hf and vllm backends.
 
     .venv/bin/python bench/sampling.py [--prompts 32] [--max-new-tokens 48] [--batch-size 16] [--threads 1]
+                                       [--template teacher|student] [--vllm-compile]
 
 Same prompts (real TL;DR posts from ../shared/data/tldr/validation.jsonl rendered as the
 sample_teacher stage renders them: base.yaml's teacher template with its fewshot_k worked examples,
@@ -11,22 +12,26 @@ max_new_tokens, greedy decoding, on the real embedded teacher (SmolLM2-135M-Inst
 (b) ours: ``plad_core.sampling.hf.generate``, length-sorted batches of --batch-size, bfloat16, the
     prompts' shared prefix (the worked examples) run once and its key/value cache reused;
 (c) ours: ``plad_core.sampling.vllm_backend.generate``, every prompt in one call (vLLM schedules its
-    own batches), bfloat16; skipped with a note when vllm is not installed.
+    own batches), bfloat16, eager (``sampling.compile: auto`` on a CPU); skipped with a note when
+    vllm is not installed;
+(d) with ``--vllm-compile``: (c) with the model compiled (``sampling.compile: true``), in a second
+    engine built after (c)'s is released.
 
 All three run on ``--threads`` cores: torch's threads for (a) and (b), and vLLM's OpenMP threads
 bound to the first ``--threads`` CPUs of this process for (c). One thread by default, so a shared
 machine's other load does not turn OpenMP spin-waits into the measurement.
 
-Prints prompts/s and generated tokens/s for each and the ratios (b)/(a) and (c)/(a). Generated
+Prints prompts/s and generated tokens/s for each and the ratios (b)/(a), (c)/(a) and (d)/(a). Generated
 tokens are counted the same way for all: the decoded text up to EOS, stripped and re-tokenised. No
 stop string is used, so each generates up to EOS or max_new_tokens. Each has one untimed warm-up
-call; vLLM's start-up (engine build and KV cache allocation) is timed apart and printed, not in its
-throughput, as loading the model is not in the others'.
+call; vLLM's start-up (engine build, compilation and KV cache allocation) is timed apart and printed,
+not in its throughput, as loading the model is not in the others'.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import time
@@ -75,6 +80,23 @@ def ours_vllm(llm, prompts: list[str], max_new_tokens: int) -> list[str]:
     return [g.text for g in vllm_backend.generate(llm, prompts, temperature=0.0, max_new_tokens=max_new_tokens)]
 
 
+def run_vllm(label: str, model_path: str, compile: bool, prompts: list[str], max_new_tokens: int,
+             threads: int) -> tuple[str, tuple[list[str], float]]:
+    """Build an engine (its start-up printed, not timed in), warm it up on one prompt, time all prompts."""
+    start = time.perf_counter()
+    llm = vllm_backend.load(model_path, "bfloat16", seed=0, compile=compile)
+    print(f"{label} vLLM start-up {time.perf_counter() - start:.1f} s (not in its throughput)", flush=True)
+    torch.set_num_threads(threads)
+    ours_vllm(llm, prompts[:1], 4)
+    name = (f"{label} vllm backend, all {len(prompts)} prompts in one call, bf16, "
+            + ("compiled" if compile else "eager"))
+    result = timed(ours_vllm, llm, prompts, max_new_tokens)
+    print(f"{label} done in {result[1]:.1f} s", flush=True)
+    del llm
+    gc.collect()
+    return name, result
+
+
 def timed(fn, *args) -> tuple[list[str], float]:
     start = time.perf_counter()
     texts = fn(*args)
@@ -91,9 +113,11 @@ def main() -> None:
     # One thread by default: on a shared 2-core machine two torch threads fighting another process
     # ran the naive loop 9x slower (76 s vs 8.8 s for 4 prompts), which says nothing about batching.
     p.add_argument("--threads", type=int, default=1, help="cores for each system (torch threads; vLLM's bound CPUs)")
-    p.add_argument("--skip", default="", help="comma-separated systems to leave out: a, b, c")
+    p.add_argument("--skip", default="", help="comma-separated systems to leave out: a, b, c, d")
     p.add_argument("--template", choices=("teacher", "student"), default="teacher",
                    help="teacher: the sample_teacher stage's few-shot prompts; student: the bare template")
+    p.add_argument("--vllm-compile", action="store_true",
+                   help="add (d): the vllm backend with the model compiled (sampling.compile=true)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     models.set_threads(args.threads)
@@ -130,28 +154,25 @@ def main() -> None:
         name = f"(b) hf backend, batch {args.batch_size}, length-sorted, bf16"
         runs[name] = timed(ours_hf, model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
         print(f"(b) done in {runs[name][1]:.1f} s", flush=True)
-    if "c" not in skip:
-        if not vllm_backend.installed():
-            print("(c) skipped: vllm is not installed (make setup installs it)")
-        else:
-            del model
-            start = time.perf_counter()
-            llm = vllm_backend.load(models.resolve_model_path(MODEL, args.cache_dir), "bfloat16", seed=0)
-            print(f"(c) vLLM start-up {time.perf_counter() - start:.1f} s (not in its throughput)", flush=True)
-            torch.set_num_threads(args.threads)
-            ours_vllm(llm, prompts[:1], 4)
-            name = f"(c) vllm backend, all {len(prompts)} prompts in one call, bf16"
-            runs[name] = timed(ours_vllm, llm, prompts, args.max_new_tokens)
-            print(f"(c) done in {runs[name][1]:.1f} s", flush=True)
+    vllm_runs = [(label, compile) for label, compile in (("(c)", False), ("(d)", True))
+                 if label[1] not in skip and (not compile or args.vllm_compile)]
+    if vllm_runs and not vllm_backend.installed():
+        print("(c) skipped: vllm is not installed (make setup installs it)")
+    elif vllm_runs:
+        del model
+        for label, compile in vllm_runs:
+            name, result = run_vllm(label, models.resolve_model_path(MODEL, args.cache_dir), compile, prompts,
+                                    args.max_new_tokens, args.threads)
+            runs[name] = result
 
     rates = {}
     for name, (texts, seconds) in runs.items():
         tokens = sum(count_tokens(tokenizer, t) for t in texts)
         rates[name[:3]] = (len(texts) / seconds, tokens / seconds)
-        print(f"{name:58s} {seconds:7.1f} s  {len(texts) / seconds:6.2f} prompts/s  "
+        print(f"{name:68s} {seconds:7.1f} s  {len(texts) / seconds:6.2f} prompts/s  "
               f"{tokens / seconds:7.1f} generated tokens/s  ({tokens} tokens)")
     texts = {name[:3]: t for name, (t, _) in runs.items()}
-    for other in ("(b)", "(c)"):
+    for other in ("(b)", "(c)", "(d)"):
         if "(a)" in rates and other in rates:
             (pa, ta), (po, to) = rates["(a)"], rates[other]
             same = sum(x == y for x, y in zip(texts["(a)"], texts[other]))

@@ -72,6 +72,7 @@ class SamplingConfig:
     seed: int = 0
     stop: list[str] = field(default_factory=lambda: ["\n"])
     dtype: str = "bfloat16"
+    compile: str = "auto"
     api: ApiConfig = field(default_factory=ApiConfig)
 
 

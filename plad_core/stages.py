@@ -33,7 +33,7 @@ from plad_core.pair_training import encode_pairs, scored_tokens, train_on_pairs
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
 from plad_core.progress import ProgressCallback, Steps
 from plad_core.registry import Registry, promotion_decision
-from plad_core.sampling import check_backend, hf, openai_api
+from plad_core.sampling import check_backend, hf, openai_api, vllm_backend
 from plad_core.sampling.samplers import SamplerSpec, ShardJob, lazy_sampler
 from plad_core.sampling.shards import plan_shards, sample_sharded
 
@@ -211,17 +211,21 @@ def _sampling_slice(cfg: DictConfig, side: str, backend: str) -> dict[str, Any]:
     """``<side>.prompt`` and ``<side>.sampling`` as they enter the sampling artifact's key, for the
     resolved ``backend`` (``auto`` is keyed by what it resolved to).
 
-    With hf, ``backend`` and ``api`` are left out (hf keys are what they were before there were
-    backends). With vllm, ``backend: vllm`` is in and ``batch_size`` (hf's batching) out. With
-    openai, the endpoint's identity is in the key's ``teacher`` entry; dtype, batch_size and the
-    api's throughput and retry knobs change how fast, not what, so they are out.
+    With hf, ``backend``, ``api`` and ``compile`` are left out (hf keys are what they were before
+    there were backends). With vllm, ``backend: vllm`` is in and ``batch_size`` (hf's batching) out;
+    ``compile: true`` is in when vLLM compiles (fused kernels round differently), and an eager
+    engine's key has no ``compile`` (as before the setting existed). With openai, the endpoint's
+    identity is in the key's ``teacher`` entry; dtype, batch_size and the api's throughput and retry
+    knobs change how fast, not what, so they are out.
     """
     out = config_slice(cfg, [f"{side}.prompt", f"{side}.sampling"])
     sampling = dict(out[f"{side}.sampling"])
     sampling.pop("backend")
     sampling.pop("api")
+    compiled = vllm_backend.resolve_compile(sampling.pop("compile"), f"{side}.sampling")
     if backend == "vllm":
-        sampling = {**{k: v for k, v in sampling.items() if k != "batch_size"}, "backend": "vllm"}
+        sampling = {**{k: v for k, v in sampling.items() if k != "batch_size"}, "backend": "vllm",
+                    **({"compile": True} if compiled else {})}
     elif backend == "openai":
         sampling = {k: v for k, v in sampling.items() if k not in ("dtype", "batch_size")}
     out[f"{side}.sampling"] = sampling
@@ -270,7 +274,7 @@ def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None 
         upstream, label = (data, sft), f"sft_student:{sft.key}"
     spec = SamplerSpec(backend=backend, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
                        max_new_tokens=sp.max_new_tokens, stop=tuple(sp.stop), dtype=sp.dtype, batch_size=sp.batch_size,
-                       seed=sp.seed, cache_dir=str(Path(cfg.cache_dir).resolve()), device=cfg.device,
+                       seed=sp.seed, compile=vllm_backend.resolve_compile(sp.compile, where), cache_dir=str(Path(cfg.cache_dir).resolve()), device=cfg.device,
                        api=tuple(dataclasses.asdict(api).items()) if api else None, desc=f"sample {label}", **load)
     return _Sampling(stage, config, upstream, spec, label)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.distill import distill
@@ -56,6 +57,30 @@ def test_auto_is_keyed_by_the_backend_it_resolves_to(monkeypatch, tmp_path):
         assert config("auto") == config("vllm") != config("hf")
         assert config("vllm")["teacher.sampling"]["backend"] == "vllm"
         assert "batch_size" not in config("vllm")["teacher.sampling"]  # hf's batching is not vLLM's
+
+
+def test_compile_is_resolved_per_device_and_only_a_compiled_engine_is_keyed_apart(monkeypatch, tmp_path):
+    def sampling(backend: str, compile: str) -> stages._Sampling:
+        return stages._sampling(load_config("base", [f"teacher.model={tmp_path}", f"teacher.sampling.backend={backend}",
+                                                     f"teacher.sampling.compile={compile}"]), "sample_teacher", None)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert [vllm_backend.resolve_compile(s, "x") for s in ("auto", "false", "True", "FALSE")] == [False, False, True, False]
+    with pytest.raises(ValueError, match=r"^teacher.sampling.compile='sometimes' is not one of auto, true, false$"):
+        sampling("hf", "sometimes")
+    hf_keys = [sampling("hf", c).config for c in ("auto", "true", "false")]
+    assert hf_keys[0] == hf_keys[1] == hf_keys[2] and "compile" not in hf_keys[0]["teacher.sampling"]
+    assert vllm_backend.engine_environment(cuda=True) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert vllm_backend.engine_environment(cuda=False)["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    if not vllm_backend.installed():
+        return
+    eager, compiled = sampling("vllm", "auto"), sampling("vllm", "true")
+    assert not eager.spec.compile and compiled.spec.compile
+    assert "compile" not in eager.config["teacher.sampling"]  # an eager engine keeps the key it had before
+    assert compiled.config["teacher.sampling"] == {**eager.config["teacher.sampling"], "compile": True}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # auto compiles on a GPU
+    assert sampling("vllm", "auto").config == compiled.config and sampling("vllm", "auto").spec.compile
+    assert sampling("vllm", "false").config == eager.config
 
 
 @pytest.fixture(scope="module")

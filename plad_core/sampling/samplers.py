@@ -33,6 +33,7 @@ class SamplerSpec:
     dtype: str                    # hf, vllm
     batch_size: int               # hf
     seed: int                     # vllm: LLM(seed=...); each call is reseeded with its shard's seed too
+    compile: bool = False         # vllm: torch.compile (and CUDA graphs) instead of eager
     cache_dir: str = "data/cache"
     revision: Optional[str] = None
     trust_remote_code: bool = False
@@ -55,7 +56,8 @@ def make_sampler(spec: SamplerSpec) -> GenerateFn:
                                stop=list(spec.stop), desc=spec.desc)
         return generate_hf
     if spec.backend == "vllm":
-        llm = vllm_backend.load(models.resolve_model_path(spec.model, spec.cache_dir), spec.dtype, spec.seed)
+        llm = vllm_backend.load(models.resolve_model_path(spec.model, spec.cache_dir), spec.dtype, spec.seed,
+                                spec.compile)
 
         def generate_vllm(prompts: list[str], seed: int) -> list[hf.Generation]:
             return vllm_backend.generate(llm, prompts, n=spec.n, temperature=spec.temperature, top_p=spec.top_p,

