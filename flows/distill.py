@@ -112,7 +112,9 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
     table = results_table(json.loads(results.file("metrics.json").read_text()))
     create_table_artifact(key="distill-results-table", table=[dict(zip(table.header, row)) for row in table.rows],
                           description=f"config {cfg.name}: dev-split results with 95% CIs")
-    get_run_logger().info("results (%s):\n%s", results.file("report.html"), summary)
+    # Named, not logged whole: `plad run` prints the summary once at the end, and the UI shows the artifact.
+    get_run_logger().info("results: Prefect artifacts 'distill-results' and 'distill-results-table'; report: %s",
+                          results.file("report.html"))
     artifacts = {a.stage: str(a.path) for a in (data, init, sft, teacher_samples, student_samples, pairs, scores,
                                                  calibrated, results)}
     return {"config": cfg.name, "metrics": results.manifest["stats"]["metrics"], "artifacts": artifacts,
