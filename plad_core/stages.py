@@ -207,9 +207,9 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
     return _materialize(store, "sft_student", config, [data, init], build, force)
 
 
-def _sampling_slice(cfg: DictConfig, side: str, backend: str) -> dict[str, Any]:
+def _sampling_slice(cfg: DictConfig, side: str, backend: str, compiled: bool = False) -> dict[str, Any]:
     """``<side>.prompt`` and ``<side>.sampling`` as they enter the sampling artifact's key, for the
-    resolved ``backend`` (``auto`` is keyed by what it resolved to).
+    resolved ``backend`` and ``compile`` setting (``auto`` is keyed by what it resolved to).
 
     With hf, ``backend``, ``api`` and ``compile`` are left out (hf keys are what they were before
     there were backends). With vllm, ``backend: vllm`` is in and ``batch_size`` (hf's batching) out;
@@ -222,7 +222,7 @@ def _sampling_slice(cfg: DictConfig, side: str, backend: str) -> dict[str, Any]:
     sampling = dict(out[f"{side}.sampling"])
     sampling.pop("backend")
     sampling.pop("api")
-    compiled = vllm_backend.resolve_compile(sampling.pop("compile"), f"{side}.sampling")
+    sampling.pop("compile")
     if backend == "vllm":
         sampling = {**{k: v for k, v in sampling.items() if k != "batch_size"}, "backend": "vllm",
                     **({"compile": True} if compiled else {})}
@@ -256,6 +256,7 @@ def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None 
     side = SAMPLING_SIDES[stage]
     sp = cfg[side].sampling
     where = f"{side}.sampling"
+    compiled = vllm_backend.resolve_compile(sp.compile, where)
     api = None
     if side == "teacher":
         backend = check_backend(sp.backend, where)
@@ -264,17 +265,18 @@ def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None 
         t = cfg.teacher
         load = {"model": api.model if api else t.model,
                 "revision": t.revision, "trust_remote_code": t.trust_remote_code, "use_safetensors": t.use_safetensors}
-        config = {"teacher": _api_identity(api) if api else _teacher_identity(cfg), **_sampling_slice(cfg, side, backend)}
+        config = {"teacher": _api_identity(api) if api else _teacher_identity(cfg),
+                  **_sampling_slice(cfg, side, backend, compiled)}
         upstream, label = (data,), api.model if api else t.model
     else:
         backend = check_backend(sp.backend, where, STUDENT_BACKENDS,
                                 "the student is the sft_student artifact, built by this pipeline and sampled in-process")
         load = {"model": str(sft.file(MODEL_DIR).resolve())}
-        config = _sampling_slice(cfg, side, backend)
+        config = _sampling_slice(cfg, side, backend, compiled)
         upstream, label = (data, sft), f"sft_student:{sft.key}"
     spec = SamplerSpec(backend=backend, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
                        max_new_tokens=sp.max_new_tokens, stop=tuple(sp.stop), dtype=sp.dtype, batch_size=sp.batch_size,
-                       seed=sp.seed, compile=vllm_backend.resolve_compile(sp.compile, where), cache_dir=str(Path(cfg.cache_dir).resolve()), device=cfg.device,
+                       seed=sp.seed, compile=compiled, cache_dir=str(Path(cfg.cache_dir).resolve()), device=cfg.device,
                        api=tuple(dataclasses.asdict(api).items()) if api else None, desc=f"sample {label}", **load)
     return _Sampling(stage, config, upstream, spec, label)
 
