@@ -216,9 +216,8 @@ def test_table_judges_calibrates_and_reads_training_and_pairs(tiny_table):
     for label, system in [("Teacher", "teacher"), ("SFT", "sft"), ("SeqKD", "SeqKD"), ("PLaD-ranking", "PLaD-ranking")]:
         assert rows[label][3] == ci_text(result["systems"][system]["metrics"], "rougeL")
     assert rows["SFT"][4] == "–" and rows["SeqKD"][4].startswith(f"{result['systems']['SeqKD']['vs_sft']['difference']:+.2f} [")
-    generations = pd.read_parquet(store.path("dev_outputs", result["keys"]["dev_outputs SeqKD@0"]) / "generations.parquet")
-    generations_1 = pd.read_parquet(store.path("dev_outputs", result["keys"]["dev_outputs SeqKD@1"]) / "generations.parquet")
-    shares = [repeated_ngram_share(t) for t in [*generations["text"], *generations_1["text"]]]
+    shares = [repeated_ngram_share(text) for seed in (0, 1) for text in pd.read_parquet(
+        store.path("dev_outputs", result["keys"][f"dev_outputs SeqKD@{seed}"]) / "generations.parquet")["text"]]
     assert result["systems"]["SeqKD"]["repeated_trigrams"] == pytest.approx(100 * sum(shares) / len(shares), abs=0.05)
     report = (folder / "report.md").read_text()
     assert "## Discussion" in report and "Is the teacher's output really better?" in report
