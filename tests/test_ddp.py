@@ -73,7 +73,9 @@ from pathlib import Path
 from plad_core.launch import watch_supervisor
 watch_supervisor(poll_s=0.2)
 Path(sys.argv[1], "rank-" + os.environ["RANK"] + ".pid").write_text(str(os.getpid()))
-print("rank", os.environ["RANK"], "ready", flush=True)
+# One write per line: the ranks share torchrun's pipe, and with PYTHONUNBUFFERED print() writes each
+# argument on its own, so two ranks' words interleaved ("rankrank 1  0ready").
+sys.stdout.write("rank " + os.environ["RANK"] + " ready\\n")
 time.sleep(600)
 """
 
