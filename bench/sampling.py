@@ -80,16 +80,16 @@ def ours_vllm(llm, prompts: list[str], max_new_tokens: int) -> list[str]:
     return [g.text for g in vllm_backend.generate(llm, prompts, temperature=0.0, max_new_tokens=max_new_tokens)]
 
 
-def run_vllm(label: str, model_path: str, compile: bool, prompts: list[str], max_new_tokens: int,
+def run_vllm(label: str, model_path: str, compiled: bool, prompts: list[str], max_new_tokens: int,
              threads: int) -> tuple[str, tuple[list[str], float]]:
     """Build an engine (its start-up printed, not timed in), warm it up on one prompt, time all prompts."""
     start = time.perf_counter()
-    llm = vllm_backend.load(model_path, "bfloat16", seed=0, compile=compile)
+    llm = vllm_backend.load(model_path, "bfloat16", seed=0, compiled=compiled)
     print(f"{label} vLLM start-up {time.perf_counter() - start:.1f} s (not in its throughput)", flush=True)
     torch.set_num_threads(threads)
     ours_vllm(llm, prompts[:1], 4)
     name = (f"{label} vllm backend, all {len(prompts)} prompts in one call, bf16, "
-            + ("compiled" if compile else "eager"))
+            + ("compiled" if compiled else "eager"))
     result = timed(ours_vllm, llm, prompts, max_new_tokens)
     print(f"{label} done in {result[1]:.1f} s", flush=True)
     del llm
@@ -154,14 +154,14 @@ def main() -> None:
         name = f"(b) hf backend, batch {args.batch_size}, length-sorted, bf16"
         runs[name] = timed(ours_hf, model, tokenizer, prompts, args.max_new_tokens, args.batch_size)
         print(f"(b) done in {runs[name][1]:.1f} s", flush=True)
-    vllm_runs = [(label, compile) for label, compile in (("(c)", False), ("(d)", True))
-                 if label[1] not in skip and (not compile or args.vllm_compile)]
+    vllm_runs = [(label, compiled) for label, compiled in (("(c)", False), ("(d)", True))
+                 if label[1] not in skip and (not compiled or args.vllm_compile)]
     if vllm_runs and not vllm_backend.installed():
-        print("(c) skipped: vllm is not installed (make setup installs it)")
+        print(f"{' and '.join(label for label, _ in vllm_runs)} skipped: vllm is not installed (make setup installs it)")
     elif vllm_runs:
         del model
-        for label, compile in vllm_runs:
-            name, result = run_vllm(label, models.resolve_model_path(MODEL, args.cache_dir), compile, prompts,
+        for label, compiled in vllm_runs:
+            name, result = run_vllm(label, models.resolve_model_path(MODEL, args.cache_dir), compiled, prompts,
                                     args.max_new_tokens, args.threads)
             runs[name] = result
 

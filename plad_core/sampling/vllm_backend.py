@@ -87,7 +87,7 @@ def engine_environment(cuda: bool) -> dict[str, str]:
     return env
 
 
-def load(model_path: str, dtype: str, seed: int, compile: bool = False) -> Any:
+def load(model_path: str, dtype: str, seed: int, compiled: bool = False) -> Any:
     """A ``vllm.LLM`` for a local model folder (or hub id) in ``dtype``, compiled or eager."""
     if not installed():
         raise ImportError(f"the vllm sampling backend needs the vllm package, which is not installed: {INSTALL_HINT}")
@@ -95,7 +95,7 @@ def load(model_path: str, dtype: str, seed: int, compile: bool = False) -> Any:
         os.environ.setdefault(name, value)
     threads = torch.get_num_threads()
     from vllm import LLM
-    llm = LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=not compile)
+    llm = LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=not compiled)
     # vLLM lowers this process's torch threads to 1 for its engine loop; the process's other work
     # (scoring, training in the same flow) keeps the thread count it had.
     torch.set_num_threads(threads)
