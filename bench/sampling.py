@@ -160,9 +160,9 @@ def main() -> None:
         print(f"{' and '.join(label for label, _ in vllm_runs)} skipped: vllm is not installed (make setup installs it)")
     elif vllm_runs:
         del model
+        model_path = models.resolve_model_path(MODEL, args.cache_dir)
         for label, compiled in vllm_runs:
-            name, result = run_vllm(label, models.resolve_model_path(MODEL, args.cache_dir), compiled, prompts,
-                                    args.max_new_tokens, args.threads)
+            name, result = run_vllm(label, model_path, compiled, prompts, args.max_new_tokens, args.threads)
             runs[name] = result
 
     rates = {}
