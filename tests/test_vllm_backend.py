@@ -60,9 +60,9 @@ def test_auto_is_keyed_by_the_backend_it_resolves_to(monkeypatch, tmp_path):
 
 
 def test_compile_is_resolved_per_device_and_only_a_compiled_engine_is_keyed_apart(monkeypatch, tmp_path):
-    def sampling(backend: str, compile: str) -> stages._Sampling:
+    def sampling(backend: str, setting: str) -> stages._Sampling:
         return stages._sampling(load_config("base", [f"teacher.model={tmp_path}", f"teacher.sampling.backend={backend}",
-                                                     f"teacher.sampling.compile={compile}"]), "sample_teacher", None)
+                                                     f"teacher.sampling.compile={setting}"]), "sample_teacher", None)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert [vllm_backend.resolve_compile(s, "x") for s in ("auto", "false", "True", "FALSE")] == [False, False, True, False]
