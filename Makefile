@@ -37,7 +37,7 @@ $(VENV)/.installed: pyproject.toml tools/vllm_requirements.py
 	  $(BIN)/python -c "from vllm import LLM, SamplingParams"; \
 	fi
 	mkdir -p $(PREFECT_HOME)
-	$(BIN)/python -c "import plad_core.cli, prefect, torch, transformers, gguf, rouge_score, pytest"
+	$(BIN)/python -c "import flows.cli, prefect, torch, transformers, gguf, rouge_score, pytest"
 	touch $@
 
 demo: setup

@@ -18,6 +18,11 @@ COLUMNS = {
 }
 
 
+def registry_path(cfg: Any, store_root: Path) -> Path:
+    """``promotion.registry`` when set, else ``registry.sqlite`` beside the artifacts of ``store_root``."""
+    return Path(cfg.promotion.registry) if cfg.promotion.registry else Path(store_root) / "registry.sqlite"
+
+
 def promotion_decision(challenger: Sequence[float], champion: Sequence[float], n_resamples: int = 1000,
                        seed: int = 0) -> dict[str, Any]:
     """Promote only when the paired-bootstrap CI of (challenger - champion) lies above zero."""

@@ -57,14 +57,14 @@ def test_slice_is_plain_and_resolved():
 
 
 def test_cli_config_show_prints_merged_yaml():
-    out = subprocess.run([sys.executable, "-m", "plad_core.cli", "config", "show", "--config", "demo", "train.beta=0.5"],
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "config", "show", "--config", "demo", "train.beta=0.5"],
                          capture_output=True, text=True, check=True).stdout
     shown = OmegaConf.create(out)
     assert shown.train.beta == 0.5 and shown.data.n_dev == 32
 
 
 def test_cli_reports_config_errors_cleanly():
-    proc = subprocess.run([sys.executable, "-m", "plad_core.cli", "config", "show", "nope.key=1"],
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "config", "show", "nope.key=1"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown config key 'nope'" in proc.stderr

@@ -170,7 +170,7 @@ def test_champion_is_kept_unless_a_challenger_beats_it(first_run, tiny):
     challenger = distill(config="tldr", overrides=overrides + ["train.optim.lr=0.01"])["promotion"]
     assert challenger["promoted"] == (challenger["ci_low"] > 0)
     assert challenger["ci_low"] <= challenger["difference"] <= challenger["ci_high"]
-    out = subprocess.run([sys.executable, "-m", "plad_core.cli", "history", "--config", "tldr", *overrides],
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "history", "--config", "tldr", *overrides],
                          capture_output=True, text=True, check=True).stdout
     lines = out.strip().splitlines()
     assert "no champion yet" in lines[1] and "yes" in lines[1]          # first run: the first champion
@@ -181,7 +181,7 @@ def test_champion_is_kept_unless_a_challenger_beats_it(first_run, tiny):
 @pytest.mark.slow
 def test_cli_pairs_show_prints_pairs(first_run):
     path = first_run["artifacts"]["build_pairs"]
-    out = subprocess.run([sys.executable, "-m", "plad_core.cli", "pairs", "show", path, "-n", "2"],
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "pairs", "show", path, "-n", "2"],
                          capture_output=True, text=True, check=True).stdout
     pairs = pd.read_parquet(f"{path}/pairs.parquet")
     assert out.startswith(f"{path}/pairs.parquet: {len(pairs)} pairs")
@@ -202,7 +202,7 @@ def test_hh_dialogues_run_through_the_same_flow(harness, tiny):
 
 
 def test_library_never_imports_prefect():
-    code = ("import sys, plad_core.stages, plad_core.cli; "
+    code = ("import sys, plad_core.stages, flows.cli; "
             "assert not any(m == 'prefect' or m.startswith('prefect.') for m in sys.modules), 'prefect imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -12,20 +11,7 @@ from transformers import AttentionInterface, PreTrainedModel, PreTrainedTokenize
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-
-@dataclass
-class Generation:
-    prompt_index: int
-    sample_index: int
-    text: str
-    prompt_tokens: int
-    output_tokens: int
-    finish_reason: str
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    cuts = [text.index(s) for s in stop if s in text]
-    return (text[:min(cuts)], True) if cuts else (text, False)
+from plad_core.sampling.generation import Generation, cut_at_stop
 
 
 def decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

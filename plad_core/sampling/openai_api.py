@@ -34,7 +34,7 @@ import httpx
 from tqdm.auto import tqdm
 
 from plad_core.config import ApiConfig
-from plad_core.sampling.hf import Generation, cut_at_stop
+from plad_core.sampling.generation import Generation, cut_at_stop
 
 log = logging.getLogger("plad.sampling.openai")
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from plad_core.sampling.hf import Generation
+from plad_core.sampling.generation import Generation
 from plad_core.sampling.schema import SAMPLES_SCHEMA
 
 log = logging.getLogger("plad.sampling")

@@ -39,7 +39,7 @@ from typing import Any, Sequence
 
 import torch
 
-from plad_core.sampling.hf import Generation
+from plad_core.sampling.generation import Generation
 
 log = logging.getLogger("plad.sampling.vllm")
 

@@ -27,7 +27,7 @@ from plad_core.artifacts import ArtifactStore
 from plad_core.config import ConfigError, load_config
 from plad_core.data import DataError
 from plad_core.models import ModelError, set_threads
-from plad_core.registry import Registry
+from plad_core.registry import Registry, registry_path
 from plad_core.stages import RUNNERS, run_stage
 
 
@@ -119,7 +119,7 @@ def cmd_pairs_show(args: argparse.Namespace) -> None:
 
 def cmd_history(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
-    path = Path(cfg.promotion.registry) if cfg.promotion.registry else Path(cfg.artifacts_root) / "registry.sqlite"
+    path = registry_path(cfg, Path(cfg.artifacts_root))
     if not path.is_file():
         raise SystemExit(f"no registry at {path} yet: it is written after the first `plad run`")
     frame = Registry(path).history()

@@ -5,7 +5,8 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from plad_core.models import load_model
-from plad_core.sampling.hf import MIN_SHARED_PREFIX, Generation, decode_attention, generate, shared_prefix_length
+from plad_core.sampling.generation import Generation
+from plad_core.sampling.hf import MIN_SHARED_PREFIX, decode_attention, generate, shared_prefix_length
 from plad_core.sampling.shards import sample_sharded, shard_seed
 from tiny import make_tiny_model
 
