@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # Prefect's database and settings stay inside the project (ignored by git), never in ~/.prefect.
 export PREFECT_HOME := $(CURDIR)/.state/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 

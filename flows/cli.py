@@ -176,10 +176,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with dotlist overrides allowed anywhere, e.g. after ``--config demo``.
+
+    argparse hands a ``nargs="*"`` positional only the words before the first option, so any
+    ``key=value`` word after an option comes back unrecognised; those are the overrides too.
+    """
+    args, extra = parser.parse_known_args(argv)
+    stray = [word for word in extra if word.startswith("-") or "=" not in word]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
+def set_prefect_defaults(environ: dict[str, str] | None = None, project: Path | None = None) -> None:
+    """Prefect's home under the project's ``.state/prefect`` and its telemetry off, unless already set.
+
+    Without this, a ``plad`` run outside ``make`` writes its database into ``~/.prefect`` and sends
+    Prefect's usage analytics.
+    """
+    environ = os.environ if environ is None else environ
+    project = Path.cwd() if project is None else project
+    environ.setdefault("PREFECT_HOME", str((project / ".state" / "prefect").resolve()))
+    environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    environ.setdefault("DO_NOT_TRACK", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Prefect API call otherwise
-    args = build_parser().parse_args(argv)
+    set_prefect_defaults()
+    args = parse_args(build_parser(), argv)
     try:
         args.func(args)
     except (ConfigError, DataError, ModelError) as err:
