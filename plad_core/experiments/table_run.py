@@ -14,7 +14,8 @@ from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.config import config_slice, load_config
 from plad_core.experiments.files import ExperimentPages, commit_experiment
 from plad_core.experiments.table import Run, TableExperiment, run_overrides
-from plad_core.experiments.table_results import table_json, table_results
+from plad_core.experiments.table_data import table_json
+from plad_core.experiments.table_results import table_results
 from plad_core.models import set_threads
 from plad_core.report.table import table_blocks
 from plad_core.stages import DEPENDENCIES, RUNNERS, check_train_loss, run_dev_outputs, run_judgments

@@ -43,6 +43,7 @@ class Pre:
 
 
 Block = Union[Heading, Para, Table, Image, Pre]
+Sections = tuple[list[Block], list[Block]]  # (report blocks, summary blocks) of a report section
 
 
 # --- rendering ---------------------------------------------------------------------------------

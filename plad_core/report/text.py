@@ -33,3 +33,18 @@ def difference_text(p: Optional[dict[str, Any]]) -> str:
 def p_text(p_value: float, n_resamples: int) -> str:
     """A bootstrap p-value of 0 only says p < 1/n_resamples."""
     return f"< {1 / n_resamples:.2g}" if p_value == 0 else f"{p_value:.3f}"
+
+
+def delta_text(p: Optional[dict[str, Any]], n_resamples: int) -> str:
+    """A paired comparison as ``difference_text`` and its p-value (``p_text``)."""
+    return f"{difference_text(p)}, p {p_text(p['p_value'], n_resamples)}" if p else "–"
+
+
+def pct_text(value: Optional[float]) -> str:
+    """A percentage with one decimal."""
+    return "–" if value is None else f"{value:.1f}%"
+
+
+def system_label(system: str) -> str:
+    """The name a report shows for ``system`` (a trained system's own name, or Teacher, SFT, PLaD)."""
+    return SYSTEM_LABELS.get(system, system)
