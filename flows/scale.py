@@ -1,5 +1,5 @@
 """The ``distill-scale`` flow: the data-scale experiment, one ``distill`` subflow per fraction of the
-unlabeled split (``plad_core.scale``), then the plot of the metric against pairs used."""
+unlabeled split (``plad_core.experiments.scale``), then the plot of the metric against pairs used."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from prefect import flow
 
 from flows.distill import distill
 from flows.publish import publish_summary
-from plad_core.scale import load_experiment, run_scale
+from plad_core.experiments.scale import load_experiment, run_scale
 
 
 def _distill_artifacts(config: str, overrides: list[str]) -> dict[str, str]:

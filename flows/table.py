@@ -1,4 +1,4 @@
-"""The ``distill-table`` flow: the paper's table at our scale (``plad_core.table``), every stage,
+"""The ``distill-table`` flow: the paper's table at our scale (``plad_core.experiments.table``), every stage,
 calibration, dev-output and judge step a Prefect task named after its system and seed."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from prefect import flow
 import tasks
 from flows.publish import publish_summary
 from plad_core.artifacts import Artifact
-from plad_core.table import STEPS, load_experiment, run_table, tuning_experiment
+from plad_core.experiments.table import load_experiment, tuning_experiment
+from plad_core.experiments.table_run import STEPS, run_table
 
 TASKS = {name: getattr(tasks, name) for name in STEPS}  # one Prefect task per step, same names as plad_core's
 

@@ -1,4 +1,4 @@
-"""The table experiment (plad_core.table, flow distill-table): its schema and numbers by hand, and a
+"""The table experiment (plad_core.experiments, flow distill-table): its schema and numbers by hand, and a
 whole tiny table (2 trained systems x 2 seeds) through the flow."""
 
 import json
@@ -11,11 +11,14 @@ from omegaconf import OmegaConf
 
 from plad_core.artifacts import MANIFEST, ArtifactStore
 from plad_core.config import ConfigError, load_config
-from plad_core.evaluate import repeated_ngram_share
-from plad_core.judge import pair_outcomes
-from plad_core.report import ci_text
-from plad_core.table import (TableExperiment, TableSystem, judge_win_rates, load_experiment, pair_accuracy,
-                             pair_quality, run_overrides, seed_mean, training_summary, tuning_experiment)
+from plad_core.evaluation.judge import pair_outcomes
+from plad_core.evaluation.metrics import repeated_ngram_share
+from plad_core.experiments.table import (TableExperiment, TableSystem, load_experiment, run_overrides,
+                                         tuning_experiment)
+from plad_core.experiments.table_data import EvalPoint
+from plad_core.experiments.table_results import (judge_win_rates, pair_accuracy, pair_quality, seed_mean,
+                                                 training_summary)
+from plad_core.report.text import ci_text
 from tiny import make_tiny_model, tiny_overrides
 
 
@@ -107,10 +110,10 @@ def test_pair_quality_counts_where_the_teacher_output_is_closer_to_the_reference
                           "chosen_tokens": [3, 3, 3], "rejected_tokens": [2, 3, 1]})
     q = pair_quality(pairs, 1000, 0)
     # row 1: chosen F1 1.0, rejected 2*(1*2/3)/(1+2/3) = 0.8; row 2: equal; row 3 has no reference
-    assert q["with_reference"] == 2 and q["pairs"] == 3
-    assert (q["chosen_better"], q["ties"], q["rejected_better"]) == (50.0, 50.0, 0.0)
-    assert q["difference"] == pytest.approx(100 * (1.0 - 0.8) / 2, abs=0.01)
-    assert q["chosen_rougeL"] == pytest.approx(100 * (1.0 + 2 * 0.75 / 1.75) / 2, abs=0.01)
+    assert q.with_reference == 2 and q.pairs == 3
+    assert (q.chosen_better, q.ties, q.rejected_better) == (50.0, 50.0, 0.0)
+    assert q.difference == pytest.approx(100 * (1.0 - 0.8) / 2, abs=0.01)
+    assert q.chosen_rougeL == pytest.approx(100 * (1.0 + 2 * 0.75 / 1.75) / 2, abs=0.01)
 
 
 def test_training_summary_reads_quarters_and_the_held_out_curve():
@@ -120,12 +123,12 @@ def test_training_summary_reads_quarters_and_the_held_out_curve():
                         "eval_loss": [None, 3.0, None, 2.5, None, 2.0, None, 2.25],
                         "eval_pair_accuracy": [None, 0.25, None, 0.5, None, 0.5, None, 0.75]})
     t = training_summary(log, {"held_out_pairs": 4}, 25.0)
-    assert (t["steps"], t["epochs"], t["quarter_steps"]) == (8, 2, 2)
-    assert (t["loss_start"], t["loss_end"], t["pair_accuracy_start"], t["pair_accuracy_end"]) == (3.0, 0.5, 25.0, 100.0)
-    assert t["eval_first"] == {"step": 2, "loss": 3.0, "pair_accuracy": 25.0}
-    assert t["eval_best"] == {"step": 6, "loss": 2.0, "pair_accuracy": 50.0}
-    assert t["eval_last"] == {"step": 8, "loss": 2.25, "pair_accuracy": 75.0}
-    assert t["eval_loss_rise"] == 0.25 and t["evaluations"] == 4 and t["sft_held_out_pair_accuracy"] == 25.0
+    assert (t.steps, t.epochs, t.quarter_steps) == (8, 2, 2)
+    assert (t.loss_start, t.loss_end, t.pair_accuracy_start, t.pair_accuracy_end) == (3.0, 0.5, 25.0, 100.0)
+    assert t.eval_first == EvalPoint(step=2, loss=3.0, pair_accuracy=25.0)
+    assert t.eval_best == EvalPoint(step=6, loss=2.0, pair_accuracy=50.0)
+    assert t.eval_last == EvalPoint(step=8, loss=2.25, pair_accuracy=75.0)
+    assert t.eval_loss_rise == 0.25 and t.evaluations == 4 and t.sft_held_out_pair_accuracy == 25.0
 
 
 # --- a whole tiny table through the flow ------------------------------------------------------------

@@ -9,8 +9,8 @@ import torch
 
 from plad_core.config import CONF_DIR
 from plad_core.data import TASKS
-from plad_core.judge import (HFJudge, JudgeError, JudgePrompt, OpenAIJudge, Verdict, judge_systems, opponents,
-                             parse_verdict, win_rates)
+from plad_core.evaluation.judge import (HFJudge, JudgeError, JudgePrompt, OpenAIJudge, Verdict, judge_systems,
+                                        opponents, parse_verdict, win_rates)
 from plad_core.progress import Steps
 from plad_core.stats import bootstrap_ci
 

@@ -1,0 +1,305 @@
+"""Pairwise win rates from a judge model, each pair judged in both orders.
+
+For a dev row, a system's output and an opponent's (the human reference, or the SFT student's
+output) are shown to the judge twice: once with the system's output as candidate A, once as B. The
+system *wins* the pair when the judge prefers it in both orders, *loses* when the judge prefers the
+opponent in both, and *ties* otherwise (the two verdicts disagree, so the judge followed the
+position rather than the content, or a verdict was unreadable). Over n rows,
+
+    win rate = (wins + 0.5 · ties) / n,
+
+with a 95% percentile-bootstrap CI over rows (``plad_core.stats.bootstrap_ci``), as in the
+pairwise-preference protocol of AlpacaEval and of the PLaD paper's win-rate tables (Zhang et al.,
+2024, arXiv:2406.02886, Sec. 4), with the order swap of Zheng et al. (2023, "Judging LLM-as-a-judge",
+Sec. 3.4) against position bias. The *position consistency* is the share of pairs whose two
+verdicts name the same candidate: a judge that always answers "A" has 0%.
+
+The judge prompt is a text file (``eval.judge.prompt``, under ``conf/judge/``) holding the user's
+turn: Python format fields from the task's row (``{post}``, ``{title}``, ``{prompt}``, ...) and the
+two candidates ``{output_a}`` then ``{output_b}``. Everything before ``{output_a}`` is the row's
+*prefix*, the same for all of the row's judgments.
+
+Judges (each turns (prefix, suffix) requests into ``Verdict``s):
+
+* ``HFJudge``: a local model. The prompt goes through the tokenizer's chat template when it has one
+  (the prompt is the user's turn; the answer is the assistant's first token); the verdict compares
+  the log-probabilities of "A" and "B" as that next token (with or without a leading space): one
+  forward pass, no sampling, so it is deterministic and always readable. The prefix runs once per
+  row and its key/value cache serves all of the row's suffixes, in one batch.
+* ``OpenAIJudge``: an OpenAI-compatible endpoint through ``plad_core.sampling.openai_api`` (greedy,
+  ``VERDICT_TOKENS`` new tokens); the verdict is parsed from the text (``parse_verdict``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from plad_core import data as data_lib
+from plad_core import models
+from plad_core.config import CONF_DIR
+from plad_core.sampling import openai_api
+from plad_core.stats import bootstrap_ci
+
+CANDIDATES = ("output_a", "output_b")
+REFERENCE = "reference"  # the opponent name of the human reference
+VERDICT_TOKENS = 8       # openai: room for "A", "Summary A" or "**A**" and little else
+ProgressFn = Callable[[float], None]
+
+
+class JudgeError(ValueError):
+    """A judge prompt file or judge setting that cannot be used."""
+
+
+# --- the prompt ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JudgePrompt:
+    """A judge prompt template split at ``{output_a}``: ``prefix`` (row fields only) and ``suffix``."""
+    path: str
+    prefix: str
+    suffix: str
+
+    @property
+    def text(self) -> str:
+        return self.prefix + self.suffix
+
+    @classmethod
+    def load(cls, path: Path, row_fields: Sequence[str]) -> "JudgePrompt":
+        """Read and check a template: ``{output_a}`` and ``{output_b}`` once each, A first, and no
+        other field than ``row_fields``."""
+        if not path.is_file():
+            raise JudgeError(f"eval.judge.prompt: {path} not found (judge prompts live in conf/judge/)")
+        text = path.read_text(encoding="utf-8")
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        except ValueError as err:
+            raise JudgeError(f"{path}: not a valid format template ({err}); write literal braces as {{{{ }}}}") from None
+        unknown = sorted({n for n in names if n not in CANDIDATES and n not in row_fields})
+        if unknown:
+            raise JudgeError(f"{path}: unknown field(s) {unknown}; a judge prompt may use {sorted(row_fields)} "
+                             f"and {list(CANDIDATES)}")
+        if [n for n in names if n in CANDIDATES] != list(CANDIDATES):
+            raise JudgeError(f"{path}: needs {{output_a}} and then {{output_b}}, once each")
+        if names.index("output_a") != len(names) - 2:
+            raise JudgeError(f"{path}: row fields must all come before {{output_a}} (the part every judgment "
+                             f"of a row shares); found {names[names.index('output_a'):]}")
+        cut = text.index("{output_a}")
+        return cls(str(path), text[:cut], text[cut:])
+
+    def fill_prefixes(self, rows: pd.DataFrame, tokenizer: Any, max_tokens: int, spec: data_lib.TaskSpec) -> dict[str, str]:
+        """Row id -> the prefix filled with the row, its body (post, dialogue) cut so the prefix fits
+        ``max_tokens`` of ``tokenizer`` (``plad_core.data.build_prompts``)."""
+        prefixes, _ = data_lib.build_prompts(rows, tokenizer, self.prefix, [], "", max_tokens, spec)
+        return dict(zip(rows["id"], prefixes))
+
+
+def prompt_path(value: str) -> Path:
+    """``eval.judge.prompt``: an absolute path, or one relative to conf/ (``judge/tldr.txt``)."""
+    return Path(value) if Path(value).is_absolute() else CONF_DIR / value
+
+
+# --- judges --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    choice: Optional[str]           # "A", "B", or None when the answer names neither
+    logp_a: float = math.nan        # hf: log P(next token = "A"); NaN for text verdicts
+    logp_b: float = math.nan
+    raw: str = ""                   # openai: the judge's text
+
+
+class Judge(Protocol):
+    def verdicts(self, requests: Sequence[tuple[str, str]], progress: Optional[ProgressFn] = None) -> list[Verdict]:
+        """One verdict per (prefix, suffix) request, in order; ``progress(fraction done)`` as it goes."""
+
+
+def parse_verdict(text: str) -> Optional[str]:
+    """The first standalone "A" or "B" in the judge's answer ("B", "Summary A.", "**A**"), else None."""
+    found = re.search(r"(?<![A-Za-z])([AB])(?![A-Za-z])", text)
+    return found.group(1) if found else None
+
+
+def _answer_ids(tokenizer: Any, letter: str) -> list[int]:
+    ids = sorted({encoded[0] for variant in (letter, " " + letter)
+                  if len(encoded := tokenizer(variant, add_special_tokens=False)["input_ids"]) == 1})
+    if not ids:
+        raise JudgeError(f"the judge's tokenizer has no single token for '{letter}' or ' {letter}'")
+    return ids
+
+
+class HFJudge:
+    """Next-token log-probabilities of "A" vs "B" from a local causal LM (see the module docstring)."""
+
+    def __init__(self, model: Any, tokenizer: Any):
+        self.model, self.tokenizer = model, tokenizer
+        self.ids = {letter: _answer_ids(tokenizer, letter) for letter in "AB"}
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+
+    def _split(self, prefix: str, suffix: str) -> tuple[str, str]:
+        """The full judge input as (prefix part, suffix part), through the chat template when there is one."""
+        if not self.chat:
+            return prefix, suffix
+        marker = "\x00plad-judge-split\x00"
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": prefix + marker + suffix}],
+                                                      tokenize=False, add_generation_prompt=True)
+        head, tail = rendered.split(marker)
+        return head, tail
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.inference_mode()
+    def verdicts(self, requests: Sequence[tuple[str, str]], progress: Optional[ProgressFn] = None) -> list[Verdict]:
+        """Per distinct prefix: one forward pass over it, then one batched pass over all of its
+        suffixes on the prefix's key/value cache (repeated per suffix), right-padded: a causal
+        model never attends to the padding after a suffix, and each verdict is read at the
+        suffix's last real token."""
+        out: list[Optional[Verdict]] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, (prefix, _) in enumerate(requests):
+            groups.setdefault(prefix, []).append(i)
+        device = self.model.get_input_embeddings().weight.device
+        head_of = self.model.get_output_embeddings()
+        done = 0
+        for prefix, members in groups.items():
+            head = torch.tensor([self._ids(self._split(prefix, requests[members[0]][1])[0])], device=device)
+            cache = self.model(head, use_cache=True, logits_to_keep=1).past_key_values
+            cache.batch_repeat_interleave(len(members))
+            tails = [self._ids(self._split(prefix, requests[i][1])[1]) for i in members]
+            ids = torch.full((len(tails), max(map(len, tails))), self.tokenizer.pad_token_id, device=device)
+            for row, tail in enumerate(tails):
+                ids[row, :len(tail)] = torch.tensor(tail)
+            hidden = self.model.base_model(input_ids=ids, past_key_values=cache, use_cache=True).last_hidden_state
+            last = hidden[torch.arange(len(tails), device=device), torch.tensor([len(t) - 1 for t in tails], device=device)]
+            logp = torch.log_softmax(head_of(last).float(), dim=-1)
+            for row, i in enumerate(members):
+                a, b = (float(torch.logsumexp(logp[row, self.ids[letter]], dim=0)) for letter in "AB")
+                out[i] = Verdict("A" if a >= b else "B", a, b)
+            done += len(members)
+            if progress:
+                progress(done / len(requests))
+        return out  # type: ignore[return-value]
+
+
+class OpenAIJudge:
+    """Greedy text verdicts from an OpenAI-compatible endpoint (``api.mode`` chat or completions)."""
+
+    def __init__(self, settings: openai_api.ApiSettings, seed: int = 0):
+        self.settings, self.seed = settings, seed
+
+    def verdicts(self, requests: Sequence[tuple[str, str]], progress: Optional[ProgressFn] = None) -> list[Verdict]:
+        chunk = 4 * self.settings.concurrency  # requests per progress report, enough to keep the endpoint busy
+        out: list[Verdict] = []
+        for start in range(0, len(requests), chunk):
+            prompts = [p + s for p, s in requests[start:start + chunk]]
+            gens = openai_api.generate(prompts, self.settings, n=1, temperature=0.0, top_p=1.0,
+                                       max_new_tokens=VERDICT_TOKENS, seed=self.seed + start, desc="judge")
+            out += [Verdict(parse_verdict(g.text), raw=g.text) for g in gens]
+            if progress:
+                progress(len(out) / len(requests))
+        return out
+
+
+def make_judge(judge_cfg: Any, cache_dir: str, device: str, dtype: str, seed: int) -> tuple[Judge, Any]:
+    """The judge of ``eval.judge`` and the tokenizer that counts its prompt's tokens (for truncation):
+    hf loads ``judge_cfg.model`` in ``dtype``; openai checks ``judge_cfg.api`` and loads nothing."""
+    if judge_cfg.backend == "hf":
+        model, tokenizer = models.load_model(judge_cfg.model, cache_dir, device=device)
+        return HFJudge(models.cast(model, dtype), tokenizer), tokenizer
+    if judge_cfg.backend == "openai":
+        settings = openai_api.ApiSettings.from_config(judge_cfg.api).check("eval.judge.api")
+        return OpenAIJudge(settings, seed), openai_api.CharTokens()
+    raise JudgeError(f"eval.judge.backend='{judge_cfg.backend}' is not a judge backend; use hf or openai")
+
+
+# --- judging systems -----------------------------------------------------------------------------
+
+JUDGMENT_COLUMNS = ["id", "system", "opponent", "system_position", "verdict", "logp_a", "logp_b", "raw"]
+
+
+def opponents(systems: Sequence[str]) -> list[tuple[str, str]]:
+    """(system, opponent) pairs: every system against the human reference, and against the SFT
+    student when it is evaluated (not SFT against itself)."""
+    pairs = [(s, REFERENCE) for s in systems]
+    if "sft" in systems:
+        pairs += [(s, "sft") for s in systems if s != "sft"]
+    return pairs
+
+
+def judge_systems(judge: Judge, prompt: JudgePrompt, prefixes: dict[str, str], references: dict[str, str],
+                  generations: pd.DataFrame, progress: Optional[ProgressFn] = None) -> pd.DataFrame:
+    """Every (system, opponent) pair on every row of ``prefixes``, in both orders.
+
+    Args:
+        prefixes: row id -> the prompt's prefix, filled with the row (``fill_prefixes``).
+        references: row id -> the human reference.
+        generations: system, id, text (one output per system and row).
+    Returns:
+        judgments (``JUDGMENT_COLUMNS``): one row per pair and order; ``system_position`` is where the
+        system's output stood ("A" or "B"), ``verdict`` the judge's choice (None: unreadable).
+    """
+    texts = {(s, i): t for s, i, t in generations[["system", "id", "text"]].itertuples(index=False)}
+    meta, requests = [], []
+    for row_id, prefix in prefixes.items():
+        candidates = {REFERENCE: references[row_id]}
+        candidates.update({s: texts[(s, row_id)] for s in generations["system"].unique() if (s, row_id) in texts})
+        for system, opponent in opponents(list(generations["system"].unique())):
+            for position in "AB":
+                a, b = ((candidates[system], candidates[opponent]) if position == "A"
+                        else (candidates[opponent], candidates[system]))
+                meta.append((row_id, system, opponent, position))
+                requests.append((prefix, prompt.suffix.format(output_a=a, output_b=b)))
+    verdicts = judge.verdicts(requests, progress) if requests else []
+    return pd.DataFrame([(*m, v.choice, v.logp_a, v.logp_b, v.raw) for m, v in zip(meta, verdicts)],
+                        columns=JUDGMENT_COLUMNS)
+
+
+def pair_outcomes(judgments: pd.DataFrame) -> pd.DataFrame:
+    """One row per (system, opponent, id): ``score`` 1 (win), 0.5 (tie) or 0 (loss) and ``consistent``
+    (both verdicts readable and naming the same candidate)."""
+    j = judgments.assign(picked=np.where(judgments["verdict"].isna(), "none",
+                                         np.where(judgments["verdict"] == judgments["system_position"],
+                                                  "system", "opponent")))
+    rows = []
+    for (system, opponent, row_id), group in j.groupby(["system", "opponent", "id"], sort=True):
+        picks = list(group["picked"])
+        if len(picks) != 2:
+            raise ValueError(f"judgments for ({system}, {opponent}, {row_id}): expected both orders, got {len(picks)}")
+        score = 1.0 if picks == ["system"] * 2 else 0.0 if picks == ["opponent"] * 2 else 0.5
+        rows.append({"system": system, "opponent": opponent, "id": row_id, "score": score,
+                     "consistent": picks[0] == picks[1] != "none"})
+    return pd.DataFrame(rows, columns=["system", "opponent", "id", "score", "consistent"])
+
+
+def win_rates(judgments: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Win rates (x100) with bootstrap CIs per opponent and system, and the judge's diagnostics.
+
+    Returns:
+        {"vs": {opponent: {system: {win_rate, win_rate_low, win_rate_high, wins, ties, losses, n,
+        consistency}}}, "consistency": share of pairs (x100) whose two verdicts agree,
+        "a_rate": share of readable verdicts that chose A (x100; 50 for a judge without position
+        bias), "unreadable": verdicts that named neither, "judgments": their count}.
+    """
+    outcomes = pair_outcomes(judgments)
+    vs: dict[str, dict[str, Any]] = {}
+    for (opponent, system), group in outcomes.groupby(["opponent", "system"], sort=False):
+        ci = bootstrap_ci(list(group["score"]), n_resamples, seed)
+        vs.setdefault(opponent, {})[system] = {
+            "win_rate": round(100 * ci.estimate, 2), "win_rate_low": round(100 * ci.low, 2),
+            "win_rate_high": round(100 * ci.high, 2), "wins": int((group["score"] == 1).sum()),
+            "ties": int((group["score"] == 0.5).sum()), "losses": int((group["score"] == 0).sum()),
+            "n": len(group), "consistency": round(100 * float(group["consistent"].mean()), 2)}
+    readable = judgments["verdict"].dropna()
+    return {"vs": vs,
+            "consistency": round(100 * float(outcomes["consistent"].mean()), 2) if len(outcomes) else None,
+            "a_rate": round(100 * float((readable == "A").mean()), 2) if len(readable) else None,
+            "unreadable": int(judgments["verdict"].isna().sum()), "judgments": len(judgments)}

@@ -1,0 +1,1 @@
+"""Experiments over the pipeline: the table of systems and seeds, and the data-scale series."""

@@ -1,0 +1,72 @@
+"""The evaluate report's judge section: how the judge decides, its position consistency (and whether it
+is the weak embedded one), win rates against each opponent, and per reference-length bucket."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from plad_core.report.blocks import Block, Heading, Para, Sections, Table
+from plad_core.report.text import OPPONENT_LABELS, ci_text, num_text
+
+
+def _wtl(w: Optional[dict[str, Any]]) -> str:
+    return "–" if not w else f"{w['wins']} / {w['ties']} / {w['losses']}"
+
+
+def _judge_method(settings: dict[str, Any]) -> Para:
+    verdict = ("its next-token log-probability of \"A\" vs \"B\" after the prompt" if settings["backend"] == "hf"
+               else "a standalone A or B parsed from its greedy answer")
+    return Para(
+        f"Judge: {settings['model']} ({settings['backend']}; verdict: {verdict}), prompt conf/{settings['prompt']}, "
+        f"{settings['rows']} dev rows. Each system's output is compared with the human reference and with the SFT "
+        "student's output, twice with the positions swapped: a win when the judge prefers the system in both orders, "
+        "a loss when it prefers the opponent in both, a tie otherwise. Win rate = (wins + ½·ties) / n (x100), with "
+        f"95% bootstrap CIs over rows; W / T / L counts wins, ties and losses.")
+
+
+def _judge_caveat(judge: dict[str, Any], settings: dict[str, Any]) -> Para:
+    diagnostics = (f"position consistency {num_text(judge['consistency'], 1)}% (pairs whose two verdicts name "
+                   f"the same candidate), position A chosen in {num_text(judge['a_rate'], 1)}% of readable verdicts, "
+                   f"{judge['unreadable']} of {judge['judgments']} verdicts unreadable")
+    if str(settings["model"]).startswith("embedded:"):
+        return Para(
+            f"This judge is the embedded teacher, SmolLM2-135M-Instruct: a weak judge. A 135M-parameter model is far "
+            f"too small to judge summaries reliably, and these win rates are not evidence of quality: {diagnostics}. "
+            "Ties from inconsistent verdicts pull every win rate toward 50. Set eval.judge.model to a stronger "
+            "local model, or eval.judge.backend=openai with eval.judge.api, for a judge worth reading.")
+    return Para(f"Judge diagnostics: {diagnostics}.")
+
+
+def _judge_table(vs: dict[str, Any], opponents: list[str], systems: list[str]) -> Table:
+    header = ["system"]
+    for o in opponents:
+        header += [f"vs {OPPONENT_LABELS[o]} [95% CI]", "W / T / L", "consistent %"]
+    rows = []
+    for s in systems:
+        row = [s]
+        for o in opponents:
+            w = vs[o].get(s)
+            row += [ci_text(w, "win_rate", 1), _wtl(w), num_text(w["consistency"], 1) if w else "–"]
+        rows.append(row)
+    return Table(header, rows)
+
+
+def judge_blocks(metrics: dict[str, Any]) -> Sections:
+    """(report blocks, summary blocks) of the judge's win rates and its position consistency."""
+    judge, settings = metrics.get("judge"), metrics["settings"].get("judge")
+    if not judge or not settings:
+        note = [Para("Not computed (eval.judge.enabled = false).")]
+        return [Heading("Judge win rate"), *note], []
+    caveat = _judge_caveat(judge, settings)
+    vs = judge["vs"]
+    opponents = [o for o in OPPONENT_LABELS if o in vs]
+    systems = list(metrics["systems"])
+    table = _judge_table(vs, opponents, systems)
+    buckets = [[b["name"], s, *[ci_text(b["judge"]["vs"].get(o, {}).get(s), "win_rate", 1) for o in opponents]]
+               for b in metrics["length_buckets"]["buckets"] if b.get("judge") for s in systems]
+    report: list[Block] = [Heading("Judge win rate"), _judge_method(settings), caveat, table]
+    if buckets:
+        report += [Para("Win rates per reference-length bucket:"),
+                   Table(["bucket", "system", *[f"vs {OPPONENT_LABELS[o]}" for o in opponents]], buckets,
+                         ["l", "l", *["r"] * len(opponents)])]
+    return report, [Para("Judge win rates (x100):"), table, caveat]
