@@ -1,0 +1,1 @@
+"""Evaluation: metrics with CIs, likelihood-quality agreement, the pairwise judge, dev outputs."""
