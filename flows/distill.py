@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.dask import sample_shards_on_dask
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import set_threads
 from plad_core.report import results_table
 from plad_core.stages import RUNNERS, check_train_loss, sampling_jobs
-from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, promote, sample_shard,
-                   sample_student, sample_teacher, score_pairs, sft_student)
+from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, promote, sample_student,
+                   sample_teacher, score_pairs, sft_student)
 
 # Runs started by a deployment's runner leave the root logger at WARNING; plad's stage progress
 # (building / reusing / promotion) is INFO and should reach the Prefect UI there too.
@@ -26,43 +25,6 @@ logging.getLogger("plad").setLevel(logging.INFO)
 
 
 RUNNER_KINDS = ("local", "dask")
-
-
-def dask_task_runner(runner: Any) -> Any:
-    """prefect-dask's DaskTaskRunner for the ``runner`` config: the scheduler at ``runner.address``,
-    or a LocalCluster of ``runner.workers`` processes bound to 127.0.0.1 (its HTTP endpoint on a free
-    port), which the runner starts and stops."""
-    from prefect_dask import DaskTaskRunner  # only runner.kind=dask needs Dask
-    if runner.address:
-        return DaskTaskRunner(address=runner.address)
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
-                          cluster_kwargs={"n_workers": runner.workers, "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"})
-
-
-@contextmanager
-def api_for_workers() -> Iterator[None]:
-    """This flow's Prefect API as PREFECT_API_URL while tasks are submitted, so that Dask workers (other
-    processes, which get the settings with each task) report to it. Under an ephemeral API (``plad run``
-    without PREFECT_API_URL) each worker would otherwise start a temporary server of its own."""
-    if PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer  # the flow's own temporary server
-    server = SubprocessASGIServer()
-    server.start()  # already running: the flow run talks to it
-    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-        yield
-
-
-def sample_shards_on_dask(runner: Any, jobs: list) -> None:
-    """Every sampling ShardJob as a ``sample_shard`` task on the Dask cluster; returns when all committed."""
-    logger = get_run_logger()
-    with api_for_workers(), dask_task_runner(runner) as task_runner:
-        logger.info("sampling %d shards on Dask (%s)", len(jobs), runner.address or f"LocalCluster, {runner.workers} workers")
-        futures = [task_runner.submit(sample_shard, parameters={"job": job}) for job in jobs]
-        for future in futures:
-            future.result()  # raises the first shard's error after its retries
 
 
 @flow(name="distill", log_prints=True)

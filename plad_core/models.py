@@ -141,6 +141,12 @@ def load_model(spec: str, cache_dir: str | Path, revision: str | None = None, tr
     return model, tokenizer
 
 
+def load_teacher(cfg: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The config's ``teacher`` model and tokenizer, on ``cfg.device`` (``load_model``)."""
+    t = cfg.teacher
+    return load_model(t.model, cfg.cache_dir, t.revision, t.trust_remote_code, t.use_safetensors, cfg.device)
+
+
 def slice_layers(model: PreTrainedModel, keep: Sequence[int]) -> PreTrainedModel:
     """Keep only the decoder layers at indices ``keep`` (in place), renumbering them for the KV cache."""
     layers = model.model.layers

@@ -1,0 +1,102 @@
+"""What enters each stage's artifact key: its config slice, the identities of the models it reads,
+its code version and its upstream keys (see ``plad_core.artifacts``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig
+
+from plad_core import data as data_lib
+from plad_core import judge as judge_lib
+from plad_core import models
+from plad_core.artifacts import Artifact, ArtifactStore, artifact_key
+from plad_core.config import config_slice
+from plad_core.sampling import openai_api
+
+DATA_SLICE = ["data.task", "data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
+
+# How a model is trained, not which model: exact resume, recomputed activations, and the number of
+# ranks (the same global batches; tests/test_ddp.py holds them to 1e-5). Left out of artifact keys,
+# as sampling_slice leaves out sampling's speed knobs, so turning them on rebuilds nothing.
+TRAINING_MECHANICS = ("checkpoint_every", "gradient_checkpointing", "launch")
+
+# One model's dev outputs are an artifact of their own (``run_dev_outputs``), keyed by the model and
+# these eval keys only, so every evaluation and table that shows the same model reuses them.
+GENERATION_SLICE = ["eval.max_new_tokens", "eval.batch_size", "eval.stop", "eval.dtype", "eval.rouge_stemmer"]
+CALIBRATION_SLICE = ["eval.calibration_samples", "eval.calibration_rows", "eval.calibration_temperature",
+                     "eval.calibration_top_p", "eval.seed"]
+
+
+def stage_key(stage: str, version: int, config: dict[str, Any], upstream: list[Artifact]) -> str:
+    """The artifact key ``materialize`` will commit under (for a build that must name its own folder)."""
+    return artifact_key(stage, version, config, {a.stage: a.key for a in upstream})
+
+
+def materialize(store: ArtifactStore, stage: str, version: int, config: dict[str, Any], upstream: list[Artifact],
+                build: Callable[[Path, Path], dict[str, Any]], force: bool) -> Artifact:
+    return store.materialize(stage, version, config, {a.stage: a.key for a in upstream}, build, force)
+
+
+def teacher_identity(cfg: DictConfig) -> dict[str, Any]:
+    return models.model_fingerprint(cfg.teacher.model, cfg.teacher.revision)
+
+
+def training_slice(cfg: DictConfig, paths: list[str]) -> dict[str, Any]:
+    """``config_slice`` without the ``TRAINING_MECHANICS`` keys, at any depth."""
+    def strip(node: Any) -> Any:
+        return {k: strip(v) for k, v in node.items() if k not in TRAINING_MECHANICS} if isinstance(node, dict) else node
+    return strip(config_slice(cfg, paths))
+
+
+def sampling_slice(cfg: DictConfig, side: str, backend: str, compiled: bool = False) -> dict[str, Any]:
+    """``<side>.prompt`` and ``<side>.sampling`` as they enter the sampling artifact's key, for the
+    resolved ``backend`` and ``compile`` setting (``auto`` is keyed by what it resolved to).
+
+    With hf, ``backend``, ``api`` and ``compile`` are left out (hf keys are what they were before
+    there were backends). With vllm, ``backend: vllm`` is in and ``batch_size`` (hf's batching) out;
+    ``compile: true`` is in when vLLM compiles (fused kernels round differently), and an eager
+    engine's key has no ``compile`` (as before the setting existed). With openai, the endpoint's
+    identity is in the key's ``teacher`` entry; dtype, batch_size and the api's throughput and retry
+    knobs change how fast, not what, so they are out.
+    """
+    out = config_slice(cfg, [f"{side}.prompt", f"{side}.sampling"])
+    sampling = dict(out[f"{side}.sampling"])
+    sampling.pop("backend")
+    sampling.pop("api")
+    sampling.pop("compile")
+    if backend == "vllm":
+        sampling = {**{k: v for k, v in sampling.items() if k != "batch_size"}, "backend": "vllm",
+                    **({"compile": True} if compiled else {})}
+    elif backend == "openai":
+        sampling = {k: v for k, v in sampling.items() if k not in ("dtype", "batch_size")}
+    out[f"{side}.sampling"] = sampling
+    return out
+
+
+def api_identity(api: openai_api.ApiSettings) -> dict[str, Any]:
+    """A teacher behind an API is known by its endpoint and served name (its weights are not visible)."""
+    return {"backend": "openai", "base_url": openai_api.api_root(api.base_url), "model": api.model,
+            "mode": api.mode, "prompt_truncation": f"{openai_api.CHARS_PER_TOKEN} characters per token"}
+
+
+def judge_prompt(cfg: DictConfig) -> judge_lib.JudgePrompt:
+    spec = data_lib.task_spec(cfg.data.task)
+    return judge_lib.JudgePrompt.load(judge_lib.prompt_path(cfg.eval.judge.prompt), spec.fields)
+
+
+def judge_identity(cfg: DictConfig) -> dict[str, Any]:
+    """``eval.judge`` as it enters evaluate's key: the judge model's identity (its weights, or an
+    endpoint's address and served name), the prompt file's text, and what changes the verdicts."""
+    j = cfg.eval.judge
+    if not j.enabled:
+        return {"enabled": False}
+    if j.backend == "openai":
+        model = api_identity(openai_api.ApiSettings.from_config(j.api).check("eval.judge.api"))
+    elif j.backend == "hf":
+        model = models.model_fingerprint(j.model)
+    else:
+        raise ValueError(f"eval.judge.backend='{j.backend}' is not a judge backend; use hf or openai")
+    return {"enabled": True, "backend": j.backend, "model": model, "prompt": j.prompt,
+            "prompt_text": judge_prompt(cfg).text, "max_tokens": j.max_tokens, "rows": j.rows}

@@ -1,0 +1,91 @@
+"""The pair stages: build_pairs (chosen = teacher text, rejected = student text) and score_pairs
+(what the losses read from frozen models, computed once)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from omegaconf import DictConfig
+
+from plad_core import models, scoring, train
+from plad_core.artifacts import Artifact, ArtifactStore
+from plad_core.config import config_slice
+from plad_core.pair_training import encode_pairs
+from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
+from plad_core.stages.calibrate import check_teacher_tokenizer
+from plad_core.stages.checks import check_train_loss, check_unlabeled_fraction
+from plad_core.stages.inputs import MODEL_DIR, load_artifact_model, read_split
+from plad_core.stages.keys import materialize, teacher_identity
+
+BUILD_PAIRS_VERSION = 1
+SCORE_PAIRS_VERSION = 1
+
+
+def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teacher_samples: Artifact,
+                    student_samples: Artifact, force: bool = False) -> Artifact:
+    """Pseudo-preference pairs (chosen = teacher text, rejected = student text) in ``pairs.parquet``,
+    from the first ceil(``pairs.unlabeled_fraction`` x n) unlabeled prompts (split order)."""
+    fraction = cfg.pairs.unlabeled_fraction
+    check_unlabeled_fraction(fraction)
+    config = config_slice(cfg, ["pairs"])
+    if fraction == 1:  # the key of a build over every prompt is what it was before fractions existed
+        config["pairs"].pop("unlabeled_fraction")
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        unlabeled = read_split(data, "unlabeled")
+        unlabeled = unlabeled.head(prompts_used(fraction, len(unlabeled)))
+        used = set(unlabeled["id"])
+        teacher, student = (pd.read_parquet(a.file("samples.parquet")) for a in (teacher_samples, student_samples))
+        pairs, stats = build_pairs(teacher[teacher["id"].isin(used)], student[student["id"].isin(used)],
+                                   dict(zip(unlabeled["id"], unlabeled["reference"])), cfg.pairs.min_chars)
+        pq.write_table(pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False), out / "pairs.parquet")
+        return {**stats, "rows": len(pairs), "unlabeled_prompts": len(unlabeled)}
+
+    return materialize(store, "build_pairs", BUILD_PAIRS_VERSION, config, [data, teacher_samples, student_samples],
+                       build, force)
+
+
+def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,
+                    force: bool = False) -> Artifact:
+    """Per-pair scores under frozen models, computed once (``scores.parquet``, ``scoring.SCORES_SCHEMA``,
+    one row per pair, joined to pairs.parquet on id and sample_index): the scored token counts of y_T and
+    y_S always; their summed log-probs under the SFT student (the reference policy) when ``train.loss``
+    is dpo or ipo, under the teacher when it is dpkd (the teacher must share the student's tokenizer).
+
+    Always in the DAG, but it loads a model only for those losses; for the others it only tokenizes the
+    pairs (under a second). The key holds what it computes, not the loss name, so losses that need the
+    same scores share one artifact and a change of beta or loss leaves it alone.
+    """
+    check_train_loss(cfg)
+    o = cfg.train.optim
+    scorers = list(train.STORED_SCORERS.get(cfg.train.loss, ()))
+    config: dict[str, Any] = {"train.optim.max_seq_len": o.max_seq_len, "scorers": scorers}
+    if scorers:
+        config["train.optim.bf16"] = o.bf16  # scored in the precision training runs in
+    if "teacher" in scorers:
+        config["teacher"] = teacher_identity(cfg)
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        tokenizer = models.load_tokenizer(str(sft.file(MODEL_DIR)))
+        if "teacher" in scorers:
+            check_teacher_tokenizer(cfg, tokenizer)
+        frame = pd.read_parquet(pairs.file("pairs.parquet"))
+        loaders = {"reference": lambda: load_artifact_model(sft, cfg)[0], "teacher": lambda: models.load_teacher(cfg)[0]}
+        frozen = {name: loaders[name]() for name in scorers}
+        scores = scoring.score_pairs(frame, encode_pairs(frame, tokenizer, o.max_seq_len), tokenizer.pad_token_id,
+                                     frozen, 2 * o.batch_size, o.bf16)
+        pq.write_table(pa.Table.from_pandas(scores, schema=scoring.SCORES_SCHEMA, preserve_index=False),
+                       out / "scores.parquet")
+        stats: dict[str, Any] = {"rows": len(scores), "scorers": scorers}
+        for name in scorers:
+            chosen, rejected = train.stored_columns(name)
+            stats[f"{name}_logp_per_token"] = {
+                "chosen": float(scores[chosen].sum() / scores["chosen_scored_tokens"].sum()),
+                "rejected": float(scores[rejected].sum() / scores["rejected_scored_tokens"].sum())}
+        return stats
+
+    return materialize(store, "score_pairs", SCORE_PAIRS_VERSION, config, [pairs, sft], build, force)
