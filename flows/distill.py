@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from flows.dask import sample_shards_on_dask
+from flows.dask_runner import sample_shards_on_dask
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import set_threads
