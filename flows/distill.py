@@ -14,7 +14,7 @@ from flows.dask_runner import sample_shards_on_dask
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import set_threads
-from plad_core.report import results_table
+from plad_core.report.evaluation import results_table
 from plad_core.stages import RUNNERS, check_train_loss, sampling_jobs
 from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, promote, sample_student,
                    sample_teacher, score_pairs, sft_student)

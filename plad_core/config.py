@@ -163,7 +163,7 @@ class TrainConfig:
 
 @dataclass
 class JudgeConfig:
-    """The pairwise judge of the evaluation (``plad_core.judge``)."""
+    """The pairwise judge of the evaluation (``plad_core.evaluation.judge``)."""
     enabled: bool = True
     backend: str = "hf"
     model: str = "${teacher.model}"

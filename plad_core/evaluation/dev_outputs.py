@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from plad_core import evaluate as eval_lib
+from plad_core.evaluation import metrics as eval_lib
 from plad_core import models, scoring, train
 from plad_core.pair_training import scored_tokens
 from plad_core.sampling import hf

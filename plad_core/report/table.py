@@ -109,7 +109,7 @@ def _calibration_section(result: Result) -> list[Block]:
         rows.append([f"{system_label(s)}: mean", "", num_text(c.spearman, 3, True), "", num_text(c.ece, 3)])
     return [Heading("Calibration"), Para(
         f"K = {settings.calibration_samples} samples per prompt on the first {settings.calibration_rows or 'all'} "
-        "dev rows, each scored by the student that wrote it (plad_core.calibration): Spearman ρ between log P̄ "
+        "dev rows, each scored by the student that wrote it (plad_core.evaluation.likelihood_quality): Spearman ρ between log P̄ "
         "and ROUGE-L within a prompt, averaged over prompts (CI over prompts), and the ECE of exp(log P̄) as the "
         "probability of beating the prompt's median sample."),
         Table(["student", "seed", "Spearman ρ [95% CI]", "prompts used / skipped", "ECE"], rows,

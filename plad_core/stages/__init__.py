@@ -21,13 +21,6 @@ from plad_core.stages.promote import run_promote
 from plad_core.stages.sampling import run_sample_student, run_sample_teacher, sampling_jobs
 from plad_core.stages.student import run_init_student, run_sft_student
 
-# shim: removed after the layout merge (the private names tests reach for, under their old names)
-from plad_core.stages.evaluate import dev_calibration_samples as _calibration_samples  # noqa: F401
-from plad_core.stages.inputs import prompts_for as _prompts  # noqa: F401
-from plad_core.stages.keys import api_identity as _api_identity  # noqa: F401
-from plad_core.stages.keys import sampling_slice as _sampling_slice  # noqa: F401
-from plad_core.stages.sampling import _Sampling, _sampling  # noqa: F401
-
 __all__ = ["DEPENDENCIES", "RUNNERS", "STAGES", "VERSIONS", "Stage", "calibrate_student", "check_train_loss",
            "dev_frames", "read_split", "run_build_pairs", "run_calibrate", "run_dev_outputs", "run_evaluate",
            "run_init_student", "run_judgments", "run_prepare_data", "run_promote", "run_sample_student",

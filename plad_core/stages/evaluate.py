@@ -13,9 +13,9 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from plad_core import data as data_lib
-from plad_core import evaluate as eval_lib
-from plad_core import judge as judge_lib
-from plad_core import report
+from plad_core.evaluation import metrics as eval_lib
+from plad_core.evaluation import judge as judge_lib
+from plad_core.report import evaluation as report
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.config import config_slice
 from plad_core.evaluation import dev_outputs
@@ -221,7 +221,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
     the verdicts are artifacts of their own (``run_dev_outputs``, ``run_judgments``), built here or reused.
 
     Writes generations.parquet, calibration_samples.parquet, judgments.parquet, metrics.json
-    (``plad_core.evaluate.evaluation_metrics``), report.md, report.html, plots/ and results.md
+    (``plad_core.evaluation.metrics.evaluation_metrics``), report.md, report.html, plots/ and results.md
     (the report's summary, published by the flow). ``progress(fraction, message)``, when given, is
     called as each system, the calibration sampling and the judge advance (``plad_core.progress``)."""
     systems = list(cfg.eval.systems)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from plad_core import data as data_lib
-from plad_core import judge as judge_lib
+from plad_core.evaluation import judge as judge_lib
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore, artifact_key
 from plad_core.config import config_slice

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from plad_core import stages
+from plad_core.stages import keys
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import load_tokenizer
@@ -145,19 +146,19 @@ def test_unknown_backend_lists_the_available_ones_and_the_student_has_no_api(tmp
 def test_artifact_key_slices():
     base = load_config("base")
     # hf: backend and api stay out of the key, so it is what it was before there were backends
-    hf_slice = stages._sampling_slice(load_config("base", ["teacher.sampling.api.model=x"]), "teacher", "hf")
-    assert hf_slice == stages._sampling_slice(base, "teacher", "hf")
+    hf_slice = keys.sampling_slice(load_config("base", ["teacher.sampling.api.model=x"]), "teacher", "hf")
+    assert hf_slice == keys.sampling_slice(base, "teacher", "hf")
     assert "backend" not in hf_slice["teacher.sampling"] and "api" not in hf_slice["teacher.sampling"]
     # openai: the endpoint and served name identify the teacher; throughput knobs do not
     over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=served"]
     a = load_config("base", over)
     b = load_config("base", over + ["teacher.sampling.api.concurrency=64", "teacher.sampling.api.max_retries=1",
                                     "teacher.sampling.api.api_key_env=OTHER", "teacher.sampling.dtype=float32"])
-    assert stages._sampling_slice(a, "teacher", "openai") == stages._sampling_slice(b, "teacher", "openai")
-    ident = stages._api_identity(ApiSettings.from_config(a.teacher.sampling.api))
+    assert keys.sampling_slice(a, "teacher", "openai") == keys.sampling_slice(b, "teacher", "openai")
+    ident = keys.api_identity(ApiSettings.from_config(a.teacher.sampling.api))
     assert ident["base_url"] == "http://127.0.0.1:8000/v1" and ident["model"] == "served"
     other = ApiSettings.from_config(load_config("base", over + ["teacher.sampling.api.base_url=http://h:1"]).teacher.sampling.api)
-    assert stages._api_identity(other) != ident
+    assert keys.api_identity(other) != ident
 
 
 # -- against the real server ----------------------------------------------------------------------------------------

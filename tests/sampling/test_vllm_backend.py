@@ -12,7 +12,7 @@ import torch
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.distill import distill
-from plad_core import stages
+from plad_core.stages import sampling as stage_sampling
 from plad_core.artifacts import MANIFEST
 from plad_core.config import load_config
 from plad_core.sampling import check_backend, vllm_backend
@@ -46,7 +46,7 @@ def test_cpu_threads_bind_lists_ranges():
 
 def test_auto_is_keyed_by_the_backend_it_resolves_to(monkeypatch, tmp_path):
     teacher = str(tmp_path)  # the key reads the folder's files; the model is never loaded here
-    config = lambda backend: stages._sampling(  # noqa: E731
+    config = lambda backend: stage_sampling._sampling(  # noqa: E731
         load_config("base", [f"teacher.model={teacher}", f"teacher.sampling.backend={backend}"]), "sample_teacher",
         None).config
     monkeypatch.setitem(sys.modules, "vllm", None)
@@ -60,8 +60,8 @@ def test_auto_is_keyed_by_the_backend_it_resolves_to(monkeypatch, tmp_path):
 
 
 def test_compile_is_resolved_per_device_and_only_a_compiled_engine_is_keyed_apart(monkeypatch, tmp_path):
-    def sampling(backend: str, setting: str) -> stages._Sampling:
-        return stages._sampling(load_config("base", [f"teacher.model={tmp_path}", f"teacher.sampling.backend={backend}",
+    def sampling(backend: str, setting: str) -> stage_sampling._Sampling:
+        return stage_sampling._sampling(load_config("base", [f"teacher.model={tmp_path}", f"teacher.sampling.backend={backend}",
                                                      f"teacher.sampling.compile={setting}"]), "sample_teacher", None)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -12,7 +12,8 @@ def test_calibration_samples_are_scored_by_the_student(tmp_path):
     from plad_core.config import load_config
     from plad_core.data import load_rows, split_rows
     from plad_core.models import load_model
-    from plad_core.stages import _calibration_samples, _prompts
+    from plad_core.stages.evaluate import dev_calibration_samples
+    from plad_core.stages.inputs import prompts_for
     from tiny import CACHE, TLDR, make_tiny_model
 
     rows = split_rows(load_rows(str(TLDR)).rows, {"labeled": 2, "unlabeled": 0, "dev": 5}, "plad-v1")
@@ -23,11 +24,11 @@ def test_calibration_samples_are_scored_by_the_student(tmp_path):
                                "eval.calibration_samples=3", "eval.calibration_rows=4", "eval.stop=[]"])
     model, tokenizer = load_model(str(make_tiny_model(tmp_path / "student", layers=2)), CACHE)
     dev = rows[rows["split"] == "dev"].reset_index(drop=True)
-    samples = _calibration_samples(model, tokenizer, "plad", dev, data, cfg)
+    samples = dev_calibration_samples(model, tokenizer, "plad", dev, data, cfg)
     assert len(samples) == 4 * 3 and list(samples["id"].unique()) == list(dev["id"].head(4))
     assert list(samples["sample_index"]) == [0, 1, 2] * 4
     # each sample's log P̄ is the student's own, scored alone (no batch effects in float32)
-    prompts, _ = _prompts(dev.head(4), data, cfg.student.prompt, tokenizer)
+    prompts, _ = prompts_for(dev.head(4), data, cfg.student.prompt, tokenizer)
     row = samples.iloc[7]
     item = train.encode(tokenizer, prompts[list(dev["id"]).index(row["id"])], row["text"], 1000)
     with torch.inference_mode():
