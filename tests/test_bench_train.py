@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from plad_core.pair_forward import collate_pair_parts
+from plad_core.training.batches import collate_pair_parts
 
 SPEC = importlib.util.spec_from_file_location("bench_train", Path(__file__).resolve().parent.parent / "bench" / "train.py")
 bench = importlib.util.module_from_spec(SPEC)
