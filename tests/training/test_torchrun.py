@@ -68,10 +68,10 @@ def test_the_supervisor_stops_torchrun_and_every_rank_on_timeout(tmp_path, caplo
                            timeout_s=12, env=torchrun.local_env(), grace_s=5)
     assert time.time() - started < 12 + 5 + 10
     messages = [r.getMessage() for r in caplog.records if r.name == "test.supervise"]
-    torchrun = int(re.search(r"started pid (\d+)", messages[0]).group(1))
+    torchrun_pid = int(re.search(r"started pid (\d+)", messages[0]).group(1))
     ranks = wait_for_ranks(tmp_path, timeout_s=0)  # both ranks had started (and said so) before the timeout
     assert {"rank 0 ready", "rank 1 ready"} <= set(messages)
-    assert wait_until_gone([torchrun, *ranks], timeout_s=0) == []
+    assert wait_until_gone([torchrun_pid, *ranks], timeout_s=0) == []
 
 
 # The launching process: supervises torchrun with no timeout, until it is killed.
@@ -101,10 +101,10 @@ def test_ranks_end_when_the_launching_process_is_cancelled_or_killed(tmp_path, h
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_default_sigint)
     try:
         ranks = wait_for_ranks(tmp_path, parent)
-        [torchrun] = psutil.Process(parent.pid).children()
+        [torchrun_proc] = psutil.Process(parent.pid).children()
         os.kill(parent.pid, how)
         assert parent.wait(timeout=120) != 0
-        assert wait_until_gone([torchrun.pid, *ranks]) == []
+        assert wait_until_gone([torchrun_proc.pid, *ranks]) == []
     finally:
         if parent.poll() is None:
             parent.kill()
