@@ -8,7 +8,7 @@ batch, precision, max length, seed and threads, three times, each in a fresh pro
 own peak memory):
 
 - ours, ``train.pair_forward=shared_prefix``: the prompts run once and their KV cache serves both
-  completions (``plad_core.pair_forward``);
+  completions (``plad_core.training.logprobs``);
 - ours, ``train.pair_forward=concatenated``: prompt+chosen and prompt+rejected in one batch;
 - TRL ``CPOTrainer(loss_type="hinge", cpo_alpha=0)`` (trl.experimental.cpo).
 
@@ -35,7 +35,7 @@ Peak memory: the process's peak RSS on the CPU (and its rise during the epoch), 
 forwards. FLOPs count only the work each path needs on real tokens: 6 N per token through the
 trunk (N = decoder-layer weights), 12 L d per attended (query, key) pair for attention (causal, padding
 excluded), and 6 d V per scored position for the LM head. This mode needs only torch, transformers
-and plad_core.train / plad_core.pair_forward (no omegaconf, pandas, rouge-score or TRL).
+and plad_core.training (no omegaconf, pandas, rouge-score or TRL); it lives in bench/train_mfu.py.
 """
 
 from __future__ import annotations
@@ -59,39 +59,11 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from bench.measure import cpu_seconds, peak_memory, peak_memory_start, sync  # noqa: E402
+from bench.train_mfu import mfu  # noqa: E402
+
 VARIANTS = ("shared_prefix", "concatenated", "trl")
-
-
-# ---------------------------------------------------------------------------------------------- shared
-
-def peak_memory_start(device: str) -> int:
-    """Resident (CPU) or allocated (GPU) bytes now, with the GPU's peak counter reset."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_memory(device: str) -> int:
-    if device == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process so far: unlike wall time, barely moved by other
-    processes competing for the cores (OpenMP spin-waits still count)."""
-    times = os.times()
-    return times.user + times.system
 
 
 # --------------------------------------------------------------------------- one variant, one process
@@ -125,9 +97,10 @@ def make_pairs(args, tokenizer):
 def run_ours(args, pair_forward: str) -> dict:
     from omegaconf import OmegaConf
 
-    from plad_core import train
     from plad_core.config import TrainConfig
-    from plad_core.pair_training import pair_batches
+    from plad_core.training.batches import pair_batches
+    from plad_core.training.loop import optim_kwargs, train_loop
+    from plad_core.training.steps import calibration_step
     model, tokenizer = load_student(args)
     frame = make_pairs(args, tokenizer)
     cfg = OmegaConf.structured(TrainConfig)
@@ -136,10 +109,10 @@ def run_ours(args, pair_forward: str) -> dict:
     o.lr, o.batch_size, o.grad_accum, o.max_seq_len = args.lr, args.batch_size, args.grad_accum, args.max_len
     o.bf16, o.seed, o.schedule, o.grad_clip = args.precision == "bf16", args.seed, "cosine", 1.0
     batches = pair_batches(frame, tokenizer, cfg)
-    step = train.calibration_step(model, cfg.loss, cfg.beta, pair_forward=pair_forward)
+    step = calibration_step(model, cfg.loss, cfg.beta, pair_forward=pair_forward)
     before = peak_memory_start(args.device)
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    history = train.train_loop(model, batches, step, **train.optim_kwargs(o), desc=pair_forward)
+    history = train_loop(model, batches, step, **optim_kwargs(o), desc=pair_forward)
     sync(args.device)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     prompt_positions = sum(b["prompt_ids"].numel() + b["completion_ids"].numel() for b in batches)
@@ -157,7 +130,7 @@ def run_trl(args) -> dict:
     from datasets import Dataset
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    from plad_core.pair_training import encode_pair
+    from plad_core.training.batches import encode_pair
     transformers.logging.set_verbosity_error()
     logging.getLogger("trl").setLevel(logging.ERROR)
     model, tokenizer = load_student(args)
@@ -238,92 +211,6 @@ def compare(args) -> None:
           f"(its BOS per sequence); trunk positions incl. padding: shared_prefix {shared['trunk_positions']}, "
           f"concatenated {concat['trunk_positions']}")
     print(f"load average {os.getloadavg()[0]:.2f} at end")
-
-
-# ------------------------------------------------------------------------------------------------ MFU
-
-def synthetic_batches(args, vocab: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
-    """Length-grouped pair batches of random tokens with TL;DR-like lengths (prompt 200-448, chosen
-    10-48, rejected 3-48 tokens), carrying both the concatenated and the shared-prefix tensors."""
-    from plad_core import pair_forward, train
-    rng = random.Random(args.seed)
-    items = []
-    for _ in range(args.pairs):
-        prompt = [rng.randrange(3, vocab) for _ in range(rng.randint(200, 448))]
-        chosen = [rng.randrange(3, vocab) for _ in range(rng.randint(10, 48))]
-        rejected = [rng.randrange(3, vocab) for _ in range(rng.randint(3, 48))]
-        items.append((train.Encoded(prompt + chosen, len(prompt)), train.Encoded(prompt + rejected, len(prompt))))
-    groups = train.length_grouped_batches(items, lambda it: max(len(it[0].ids), len(it[1].ids)), args.batch_size,
-                                          args.seed)
-    return [{**train.collate([c for c, _ in g] + [r for _, r in g], pad_id),
-             **pair_forward.collate_pair_parts([c.ids[:c.n_prompt] for c, _ in g], [c.ids[c.n_prompt:] for c, _ in g],
-                                               [r.ids[r.n_prompt:] for _, r in g], pad_id)} for g in groups]
-
-
-def needed_flops(batch: dict[str, torch.Tensor], pair_forward: str, trunk_params: int, layers: int,
-                 attn_dim: int, hidden: int, vocab: int) -> float:
-    """Training FLOPs (forward + backward = 3 x forward) this path needs on the batch's real tokens."""
-    p = batch["prompt_mask"].sum(-1).double().repeat(2)  # (2B,) each row's prompt length
-    c = batch["completion_mask"].sum(-1).double()
-    if pair_forward == "shared_prefix":
-        tokens = p.sum() / 2 + c.sum()
-        attended = (p * (p + 1) / 2).sum() / 2 + (c * p + c * (c + 1) / 2).sum()
-    else:
-        tokens = (p + c).sum()
-        attended = ((p + c) * (p + c + 1) / 2).sum()
-    return float(6 * trunk_params * tokens + 12 * layers * attn_dim * attended + 6 * hidden * vocab * c.sum())
-
-
-def mfu(args) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from plad_core import train
-    torch.manual_seed(args.seed)
-    if args.device == "cuda":
-        # Length-grouped batches give every step new shapes, and cuDNN's attention rebuilds its graph on
-        # the CPU for each (~3 ms per layer and step on an H100 machine): use PyTorch's own kernels.
-        torch.backends.cuda.enable_cudnn_sdp(False)
-    vocab, pad_id = 49152, 2  # SmolLM2's tokenizer: 49152 entries, <|im_end|> (2) pads
-    config = LlamaConfig(vocab_size=vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=2048, tie_word_embeddings=True,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=pad_id)
-    with torch.device(args.device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    if args.compile:  # fuse the elementwise work of each layer's norms and SwiGLU MLP (one graph for all layers);
-        for layer in model.model.layers:  # attention stays eager: a compiled KV-cache update recompiles per layer
-            for module in (layer.input_layernorm, layer.post_attention_layernorm, layer.mlp):
-                module.compile(dynamic=True)
-    trunk_params = sum(p.numel() for p in model.model.layers.parameters())
-    total_params = sum(p.numel() for p in model.parameters())
-    batches = synthetic_batches(args, vocab, pad_id)
-    name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    print(f"MFU: random-init Llama, hidden {args.hidden}, {args.layers} layers, intermediate {args.intermediate}, "
-          f"{args.heads} heads ({args.kv_heads} KV), vocab {vocab}: {total_params / 1e6:.0f}M parameters "
-          f"({trunk_params / 1e6:.0f}M in decoder layers), bf16 weights/grads/AdamW{', compiled norms and MLPs' if args.compile else ''}; {len(batches)} steps of "
-          f"{args.batch_size} pairs; {name}; torch {torch.__version__}; peak {args.peak_flops:.3g} FLOP/s", flush=True)
-    attn_dim = args.heads * (args.hidden // args.heads)
-    with torch.no_grad():  # both forwards on the device: same log-probs up to bf16 rounding
-        shared = train.PAIR_FORWARDS["shared_prefix"](model, batches[0])[0]
-        concat = train.PAIR_FORWARDS["concatenated"](model, batches[0])[0]
-    print(f"check, first batch: shared_prefix vs concatenated summed log-probs, max |diff| "
-          f"{(shared - concat).abs().max():.3g} (of |log P| up to {concat.abs().max():.0f})")
-    optim = dict(lr=args.lr, epochs=1, schedule="cosine", grad_clip=1.0, bf16=False, seed=args.seed)
-    print(f"\n| pair forward | seconds | tokens/s | model TFLOP/s | MFU | peak memory GiB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for pair_forward in ("shared_prefix", "concatenated"):
-        step = train.calibration_step(model, "cpo_hinge", args.beta, pair_forward=pair_forward)
-        train.train_loop(model, batches[:args.warmup], step, desc="warm-up", **optim)
-        peak_memory_start(args.device)
-        start = time.perf_counter()
-        train.train_loop(model, batches, step, desc=pair_forward, **optim)
-        sync(args.device)
-        seconds = time.perf_counter() - start
-        flops = sum(needed_flops(b, pair_forward, trunk_params, args.layers, attn_dim, args.hidden, vocab)
-                    for b in batches)
-        tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-        print(f"| {pair_forward} | {seconds:.2f} | {tokens / seconds:.0f} | {flops / seconds / 1e12:.1f} | "
-              f"{100 * flops / seconds / args.peak_flops:.1f}% | {peak_memory(args.device) / 2**30:.1f} |", flush=True)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""bench/train.py's FLOP count for the MFU mode, against a hand count on a one-pair batch."""
+"""bench/train.py's FLOP count for the MFU mode (bench/train_mfu.py), against a hand count on a one-pair batch."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from plad_core.pair_forward import collate_pair_parts
+from plad_core.training.batches import collate_pair_parts
 
-SPEC = importlib.util.spec_from_file_location("bench_train", Path(__file__).resolve().parent.parent / "bench" / "train.py")
+SPEC = importlib.util.spec_from_file_location("bench_train_mfu", Path(__file__).resolve().parent.parent / "bench" / "train_mfu.py")
 bench = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(bench)
 

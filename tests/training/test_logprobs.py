@@ -1,4 +1,5 @@
-"""The shared-prefix pair forward against the concatenated one: same tokens, log-probs and gradients.
+"""Sequence log-probs score only the completion tokens; the shared-prefix pair forward against the
+concatenated one: same tokens, log-probs and gradients.
 
 float64 tiny Llama (tests/tiny.py) with the real SmolLM2 tokenizer, on real TL;DR posts and summaries of
 varied lengths; max_seq_len is small enough that long posts are cut and pairs share the cut prompt.
@@ -14,12 +15,13 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
-from plad_core import train
 from plad_core.config import TrainConfig
 from plad_core.losses import ranking_calibration_loss
-from plad_core.pair_forward import shared_prefix_logprobs
-from plad_core.pair_training import encode_pair, pair_batches
-from tests.tiny import TLDR, make_tiny_model, real_tokenizer
+from plad_core.models import load_model
+from plad_core.training import logprobs, steps
+from plad_core.training.batches import collate, encode, encode_pair, pair_batches
+from plad_core.training.logprobs import sequence_logprobs, shared_prefix_logprobs
+from tiny import TLDR, make_tiny_model, real_tokenizer
 
 MAX_LEN = 96
 
@@ -53,11 +55,27 @@ def batches(pairs, tokenizer, batch_size=3):
     return pair_batches(pairs, tokenizer, cfg)
 
 
-def test_encode_pair_is_train_encode_with_one_shared_prompt(pairs, tokenizer):
+def test_sequence_logprobs_score_only_completion_tokens(tmp_path):
+    model, tokenizer = load_model(str(make_tiny_model(tmp_path / "m")), tmp_path)
+    items = [encode(tokenizer, "POST: a cat\nTL;DR:", "cat", 64), encode(tokenizer, "POST: a much longer post here\nTL;DR:", "long post", 64)]
+    batch = collate(items, tokenizer.pad_token_id)
+    total, count = sequence_logprobs(model, batch)
+    for row, item in enumerate(items):
+        ids = torch.tensor([item.ids])
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+        targets = ids[0, 1:]
+        reference = logp[torch.arange(len(targets)), targets][item.n_prompt - 1:].sum()
+        assert count[row] == len(item.ids) - item.n_prompt
+        assert torch.isclose(total[row], reference, atol=1e-4)
+    assert items[0].ids[-1] == tokenizer.eos_token_id
+
+
+def test_encode_pair_is_encode_with_one_shared_prompt(pairs, tokenizer):
     cut = 0
     for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
         chosen, rejected = encode_pair(tokenizer, p, c, r, MAX_LEN)
-        plain_c, plain_r = train.encode(tokenizer, p, c, MAX_LEN), train.encode(tokenizer, p, r, MAX_LEN)
+        plain_c, plain_r = encode(tokenizer, p, c, MAX_LEN), encode(tokenizer, p, r, MAX_LEN)
         assert chosen.ids[:chosen.n_prompt] == rejected.ids[:rejected.n_prompt]
         assert chosen.ids[chosen.n_prompt:] == plain_c.ids[plain_c.n_prompt:]
         assert rejected.ids[rejected.n_prompt:] == plain_r.ids[plain_r.n_prompt:]
@@ -88,7 +106,7 @@ def test_same_logprobs_and_gradients(model, pairs, tokenizer, attn, logp_tol, gr
     model.config._attn_implementation = attn
     model.train()
     grads = {}
-    for name, forward in [("concatenated", train.sequence_logprobs), ("shared_prefix", shared_prefix_logprobs)]:
+    for name, forward in [("concatenated", sequence_logprobs), ("shared_prefix", shared_prefix_logprobs)]:
         model.zero_grad(set_to_none=True)
         results = []
         loss = 0.0
@@ -124,19 +142,19 @@ def test_gradient_checkpointing_is_refused(model, pairs, tokenizer):
 def test_calibration_step_selects_the_pair_forward(model, pairs, tokenizer):
     model.config._attn_implementation = "sdpa"
     batch = batches(pairs, tokenizer)[0]
-    results = {name: train.calibration_step(model, "cpo_hinge", 0.1, pair_forward=name)(batch)
-               for name in train.PAIR_FORWARDS}
+    results = {name: steps.calibration_step(model, "cpo_hinge", 0.1, pair_forward=name)(batch)
+               for name in logprobs.PAIR_FORWARDS}
     (loss_cat, metrics_cat), (loss_shared, metrics_shared) = results["concatenated"], results["shared_prefix"]
     assert abs(loss_cat.item() - loss_shared.item()) <= 1e-10
     assert metrics_cat == pytest.approx(metrics_shared, abs=1e-10)
     with pytest.raises(ValueError, match="train.pair_forward='prefix' is not known; choose one of shared_prefix"):
-        train.calibration_step(model, "cpo_hinge", 0.1, pair_forward="prefix")
+        steps.calibration_step(model, "cpo_hinge", 0.1, pair_forward="prefix")
 
 
 def test_check_pair_forward_fails_fast():
-    train.check_pair_forward("shared_prefix")
-    train.check_pair_forward("concatenated", gradient_checkpointing=True)
+    logprobs.check_pair_forward("shared_prefix")
+    logprobs.check_pair_forward("concatenated", gradient_checkpointing=True)
     with pytest.raises(ValueError, match="set train.pair_forward=concatenated"):
-        train.check_pair_forward("shared_prefix", gradient_checkpointing=True)
+        logprobs.check_pair_forward("shared_prefix", gradient_checkpointing=True)
     with pytest.raises(ValueError, match="'both' is not known"):
-        train.check_pair_forward("both")
+        logprobs.check_pair_forward("both")

@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
 from pair_fixtures import tldr_pairs, trainer_overrides
-from plad_core import checkpoint, train
 from plad_core.config import load_config
-from plad_core.pair_training import train_on_pairs
+from plad_core.training import checkpoint, steps
+from plad_core.training.calibrate import train_on_pairs
 from tiny import REPO, make_tiny_model, real_tokenizer
 
 
@@ -29,8 +29,8 @@ class Crash(Exception):
 
 
 def crashing_after(calls: int):
-    """``train.calibration_step`` whose step function raises on its call number ``calls`` + 1."""
-    real = train.calibration_step
+    """``steps.calibration_step`` whose step function raises on its call number ``calls`` + 1."""
+    real = steps.calibration_step
 
     def make(*args, **kwargs):
         step, seen = real(*args, **kwargs), [0]
@@ -69,7 +69,7 @@ def test_resuming_after_a_crash_at_any_micro_batch_gives_the_uninterrupted_run(t
     resumed_from = set()
     for calls in range(1, 13):
         folder = tmp_path / f"crash-{calls}"
-        monkeypatch.setattr(train, "calibration_step", crashing_after(calls))
+        monkeypatch.setattr(steps, "calibration_step", crashing_after(calls))
         with pytest.raises(Crash):
             fit(model_dir, frame, cfg, folder)
         monkeypatch.undo()

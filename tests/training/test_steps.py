@@ -1,7 +1,7 @@
 """Every train.loss through the trainer's step functions on a real pair batch, against float64 reference values.
 
 Tiny float64 Llama models with SmolLM2's real tokenizer; the reference log-probs and token distributions
-are recomputed here from full-vocabulary logits, independently of ``train.scored_logits``.
+are recomputed here from full-vocabulary logits, independently of ``logprobs.scored_logits``.
 """
 
 import numpy as np
@@ -9,10 +9,14 @@ import pandas as pd
 import pytest
 import torch
 
-from plad_core import models, train
+from plad_core import models
 from plad_core.config import load_config
-from plad_core.losses import jsd_distillation_loss
-from plad_core.pair_training import encode_pairs, pair_batches, train_on_pairs
+from plad_core.losses import check_loss
+from plad_core.losses.calibration import margin_calibration_loss, nll_regularizer
+from plad_core.training.batches import collate, encode, encode_pairs, pair_batches
+from plad_core.training.calibrate import train_on_pairs
+from plad_core.training.logprobs import sequence_logprobs
+from plad_core.training.steps import calibration_step, token_kd_step
 from tiny import make_tiny_model
 
 PAIRS = pd.DataFrame({
@@ -104,7 +108,7 @@ def test_pair_loss_step_matches_float64_reference(tiny, scored, loss, pair_forwa
     train_cfg = cfg(f"train.loss={loss}", f"train.beta={BETA}", f"train.pair_forward={pair_forward}")
     batch = one_batch(frame, tokenizer, train_cfg)
     assert batch["reference_chosen_logp"].dtype == torch.float64
-    step = train.calibration_step(student, loss, BETA, pair_forward=pair_forward)
+    step = calibration_step(student, loss, BETA, pair_forward=pair_forward)
     value, metrics = step(batch)
     # batches are length-grouped, but one batch of 3 pairs is a permutation of the rows: means are unchanged
     assert value.item() == pytest.approx(expected_pair_loss(loss, s, o), rel=1e-9, abs=1e-12)
@@ -122,9 +126,26 @@ def test_dpo_and_ipo_start_at_their_reference_values_when_the_reference_is_the_s
     frame = PAIRS.assign(reference_chosen_logp=s["c"], reference_rejected_logp=s["r"])
     batch = one_batch(frame, tokenizer, cfg())
     with torch.no_grad():
-        assert train.calibration_step(student, "dpo", BETA)(batch)[0].item() == pytest.approx(np.log(2), abs=1e-9)
-        assert train.calibration_step(student, "ipo", BETA)(batch)[0].item() == pytest.approx(
+        assert calibration_step(student, "dpo", BETA)(batch)[0].item() == pytest.approx(np.log(2), abs=1e-9)
+        assert calibration_step(student, "ipo", BETA)(batch)[0].item() == pytest.approx(
             (1 / (2 * BETA)) ** 2, abs=1e-9)
+
+
+def test_calibration_step_combines_pair_loss_and_nll(tmp_path):
+    model, tokenizer = models.load_model(str(make_tiny_model(tmp_path / "m")), tmp_path)
+    prompts = ["POST: a cat\nTL;DR:", "POST: a dog sat\nTL;DR:"]
+    chosen = [encode(tokenizer, p, c, 64) for p, c in zip(prompts, ["cat", "dog on mat"])]
+    rejected = [encode(tokenizer, p, r, 64) for p, r in zip(prompts, ["a long unrelated answer", "dog"])]
+    batch = collate(chosen + rejected, tokenizer.pad_token_id)
+    batch |= {"chosen_score": torch.tensor([1.0, 0.5]), "rejected_score": torch.tensor([0.2, 0.4])}
+    with torch.no_grad():
+        loss, metrics = calibration_step(model, "margin", beta=2.0, nll_weight=0.3)(batch)
+        total, count = sequence_logprobs(model, batch)
+    avg = total / count
+    expected = (margin_calibration_loss(avg[:2], avg[2:], batch["chosen_score"], batch["rejected_score"], 2.0)
+                + 0.3 * nll_regularizer(total[:2], count[:2]))
+    assert torch.isclose(loss, expected, atol=1e-5)
+    assert metrics["pair_accuracy"] == float(((avg[:2] - avg[2:]) > 0).float().mean())
 
 
 def kd_reference(s, o, divergence):
@@ -141,14 +162,14 @@ def test_token_kd_step_matches_float64_reference(tiny, scored, divergence):
     student, teacher, tokenizer = tiny
     frame, s, o = scored
     batch = one_batch(frame, tokenizer, cfg("train.loss=token_kd"))
-    value, metrics = train.token_kd_step(student, teacher, divergence)(batch)
+    value, metrics = token_kd_step(student, teacher, divergence)(batch)
     expected = kd_reference(s, o, divergence)
     assert value.item() == pytest.approx(expected, rel=1e-9)
     assert 0 < expected and (divergence == "forward_kl" or expected < np.log(2))
     assert metrics["pair_accuracy"] == pytest.approx(np.mean(s["c"] / s["lc"] > s["r"] / s["lr"]))
     # with the NLL regulariser: + lambda * NLL(y_T)
     with torch.no_grad():
-        regularised = train.token_kd_step(student, teacher, divergence, nll_weight=0.5)(batch)[0].item()
+        regularised = token_kd_step(student, teacher, divergence, nll_weight=0.5)(batch)[0].item()
     assert regularised == pytest.approx(expected + 0.5 * -s["c"].sum() / s["lc"].sum(), rel=1e-9)
     value.backward()
     assert all(p.grad is None for p in teacher.parameters())
@@ -156,28 +177,12 @@ def test_token_kd_step_matches_float64_reference(tiny, scored, divergence):
     student.zero_grad(set_to_none=True)
 
 
-def test_jsd_loss_against_numpy_and_its_bounds():
-    rng = np.random.default_rng(0)
-    s, t = rng.normal(0, 2, (2, 5, 7)), rng.normal(0, 2, (2, 5, 7))
-    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=float)
-    ls = s - np.log(np.exp(s).sum(-1, keepdims=True))
-    lt = t - np.log(np.exp(t).sum(-1, keepdims=True))
-    m = np.log(0.5 * (np.exp(ls) + np.exp(lt)))
-    jsd = 0.5 * (np.exp(lt) * (lt - m)).sum(-1) + 0.5 * (np.exp(ls) * (ls - m)).sum(-1)
-    value = jsd_distillation_loss(torch.tensor(s), torch.tensor(t), torch.tensor(mask))
-    assert value.item() == pytest.approx((jsd * mask).sum() / mask.sum(), rel=1e-6)
-    same = torch.tensor(s)
-    assert jsd_distillation_loss(same, same, torch.ones(2, 5)).item() == pytest.approx(0.0, abs=1e-7)
-    far = torch.tensor([[100.0, 0.0], [0.0, 100.0]])  # disjoint one-hot distributions: JSD -> log 2
-    assert jsd_distillation_loss(far[:1], far[1:], torch.ones(1)).item() == pytest.approx(np.log(2), rel=1e-6)
-
-
 def test_unknown_loss_and_divergence_list_the_valid_names():
     with pytest.raises(ValueError, match="train.loss='dpo2' is not a known loss; choose one of ranking, margin, "
                                          "simpo, cpo_hinge, dpo, ipo, dpkd, seqkd, token_kd"):
-        train.check_loss("dpo2")
+        check_loss("dpo2")
     with pytest.raises(ValueError, match="train.kd_divergence='kl' is not known; choose one of forward_kl, jsd"):
-        train.check_loss("token_kd", "kl")
+        check_loss("token_kd", "kl")
 
 
 def test_losses_that_read_stored_scores_refuse_pairs_without_them(tiny):

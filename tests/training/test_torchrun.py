@@ -1,5 +1,5 @@
-"""Calibration on 2 CPU ranks under torchrun (gloo on 127.0.0.1) against one process, and the
-supervisor that stops torchrun and its ranks on a timeout or when the launching process dies."""
+"""The supervisor that stops torchrun and its ranks on a timeout or when the launching process dies, and
+torchrun in a private network namespace."""
 
 import logging
 import os
@@ -10,67 +10,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import psutil
 import pytest
-from safetensors.torch import load_file
 
-from pair_fixtures import tldr_pairs, trainer_overrides
-from plad_core import calibrate_worker, launch, parallel
-from plad_core.config import load_config
-from plad_core.stages import calibrate_student
-from tiny import make_tiny_model
-
-
-def test_shard_pairs_splits_both_halves_and_pads_an_empty_share_with_a_weightless_pair():
-    import torch
-    batch = {"input_ids": torch.arange(6).unsqueeze(1), "chosen_score": torch.tensor([0.1, 0.2, 0.3])}  # 3 pairs
-    part0, n0, size = parallel.shard_pairs(batch, 0, 2)
-    part1, n1, _ = parallel.shard_pairs(batch, 1, 2)
-    assert (size, n0, n1) == (3, 2, 1)
-    assert part0["input_ids"].flatten().tolist() == [0, 1, 3, 4]  # chosen rows 0-1, rejected rows 0-1
-    assert part1["input_ids"].flatten().tolist() == [2, 5]
-    assert part1["chosen_score"].tolist() == pytest.approx([0.3])
-    part3, n3, _ = parallel.shard_pairs(batch, 3, 4)  # 3 pairs on 4 ranks: rank 3 gets a stand-in
-    assert n3 == 0 and part3["input_ids"].flatten().tolist() == [0, 3]
-    with pytest.raises(ValueError, match="'odd' has 4 rows"):
-        parallel.shard_pairs({**batch, "odd": torch.zeros(4)}, 0, 2)
-
-
-@pytest.mark.slow
-def test_two_cpu_ranks_match_one_process_on_the_same_global_batches(tmp_path, caplog):
-    model_dir = make_tiny_model(tmp_path / "student", layers=2, hidden=16)
-    frame = tldr_pairs(15)  # 13 trained on in batches of 3, 3, 3, 3, 1 pairs: ranks get 2+1, and 1+none
-    overrides = trainer_overrides(**{"eval_every": 1, "keep": "best"})
-    runs = {}
-    for nproc in (1, 2):
-        out, work = tmp_path / f"out{nproc}", tmp_path / f"work{nproc}"
-        out.mkdir()
-        work.mkdir()
-        cfg = load_config("base", overrides + [f"train.launch.nproc={nproc}"])
-        if nproc == 1:
-            stats = calibrate_student(cfg, frame, model_dir, out, work)
-        else:
-            caplog.set_level(logging.INFO, logger="test.ddp")
-            stats = calibrate_worker.run(cfg, frame, model_dir, out, work, logging.getLogger("test.ddp"))
-        runs[nproc] = (pd.read_parquet(out / "train_log.parquet"), load_file(out / "model" / "model.safetensors"), stats)
-    (log1, weights1, stats1), (log2, weights2, stats2) = runs[1], runs[2]
-    assert list(log2.columns) == list(log1.columns) and len(log1) == 3
-    assert log2[["step", "epoch", "tokens", "padding_share"]].equals(log1[["step", "epoch", "tokens", "padding_share"]])
-    for column in ["loss", "pair_accuracy", "margin", "grad_norm", "eval_loss", "eval_pair_accuracy", "eval_margin"]:
-        np.testing.assert_allclose(log2[column], log1[column], rtol=0, atol=1e-5, err_msg=column)
-    assert max(float((weights1[k] - weights2[k]).abs().max()) for k in weights1) <= 1e-5
-    assert stats2["kept_step"] == stats1["kept_step"] and stats2["held_out_pairs"] == stats1["held_out_pairs"] == 2
-    streamed = [r.getMessage() for r in caplog.records if r.name == "test.ddp"]
-    assert any(re.search(r"rank 0 .*plad.train: calibrate \(ranking\): step 3/3", m) for m in streamed), streamed[-20:]
+from plad_core.training import torchrun
 
 
 # A rank that reports its pid and then sleeps; it watches its supervisor like the real worker.
 SLEEPER = """
 import os, sys, time
 from pathlib import Path
-from plad_core.launch import watch_supervisor
+from plad_core.training.torchrun import watch_supervisor
 watch_supervisor(poll_s=0.2)
 Path(sys.argv[1], "rank-" + os.environ["RANK"] + ".pid").write_text(str(os.getpid()))
 # One write per line: the ranks share torchrun's pipe, and with PYTHONUNBUFFERED print() writes each
@@ -114,22 +64,22 @@ def test_the_supervisor_stops_torchrun_and_every_rank_on_timeout(tmp_path, caplo
     caplog.set_level(logging.INFO, logger="test.supervise")
     started = time.time()
     with pytest.raises(TimeoutError, match="still running after 12s"):
-        launch.supervise(launch.torchrun_command(2, [str(script), str(tmp_path)]), logging.getLogger("test.supervise"),
-                         timeout_s=12, env=launch.local_env(), grace_s=5)
+        torchrun.supervise(torchrun.torchrun_command(2, [str(script), str(tmp_path)]), logging.getLogger("test.supervise"),
+                           timeout_s=12, env=torchrun.local_env(), grace_s=5)
     assert time.time() - started < 12 + 5 + 10
     messages = [r.getMessage() for r in caplog.records if r.name == "test.supervise"]
-    torchrun = int(re.search(r"started pid (\d+)", messages[0]).group(1))
+    torchrun_pid = int(re.search(r"started pid (\d+)", messages[0]).group(1))
     ranks = wait_for_ranks(tmp_path, timeout_s=0)  # both ranks had started (and said so) before the timeout
     assert {"rank 0 ready", "rank 1 ready"} <= set(messages)
-    assert wait_until_gone([torchrun, *ranks], timeout_s=0) == []
+    assert wait_until_gone([torchrun_pid, *ranks], timeout_s=0) == []
 
 
 # The launching process: supervises torchrun with no timeout, until it is killed.
 PARENT = """
 import logging, sys
-from plad_core import launch
+from plad_core.training import torchrun
 logging.basicConfig(level=logging.INFO)
-launch.supervise(launch.torchrun_command(2, sys.argv[1:]), logging.getLogger("parent"), env=launch.local_env())
+torchrun.supervise(torchrun.torchrun_command(2, sys.argv[1:]), logging.getLogger("parent"), env=torchrun.local_env())
 """
 
 
@@ -151,10 +101,10 @@ def test_ranks_end_when_the_launching_process_is_cancelled_or_killed(tmp_path, h
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_default_sigint)
     try:
         ranks = wait_for_ranks(tmp_path, parent)
-        [torchrun] = psutil.Process(parent.pid).children()
+        [torchrun_proc] = psutil.Process(parent.pid).children()
         os.kill(parent.pid, how)
         assert parent.wait(timeout=120) != 0
-        assert wait_until_gone([torchrun.pid, *ranks]) == []
+        assert wait_until_gone([torchrun_proc.pid, *ranks]) == []
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -175,15 +125,15 @@ dist.destroy_process_group()
 
 @pytest.mark.slow
 def test_torchrun_runs_in_a_private_network_namespace_and_listens_on_nothing_here(tmp_path):
-    if not launch.private_network_prefix():
+    if not torchrun.private_network_prefix():
         pytest.skip("this machine allows no network namespace (unshare --net)")
     script = tmp_path / "all_reduce.py"
     script.write_text(ALL_REDUCE)
-    port = launch.free_port()
-    command = launch.torchrun_command(2, [str(script), str(tmp_path)], port=port)
+    port = torchrun.free_port()
+    command = torchrun.torchrun_command(2, [str(script), str(tmp_path)], port=port)
     assert command[0] == "unshare"
     listening = []
-    job = subprocess.Popen(command, env=launch.local_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    job = subprocess.Popen(command, env=torchrun.local_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            start_new_session=True)
     try:
         while job.poll() is None:

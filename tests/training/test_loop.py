@@ -8,9 +8,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from pair_fixtures import tldr_pairs, trainer_overrides
-from plad_core import parallel, train
 from plad_core.config import load_config
-from plad_core.pair_training import pair_batches
+from plad_core.training import distributed, loop
+from plad_core.training.batches import Encoded, collate, pair_batches
+from plad_core.training.held_out import Evaluation
+from plad_core.training.steps import calibration_step, sft_step
 from tiny import real_tokenizer
 
 tokenizer = functools.cache(real_tokenizer)
@@ -23,8 +25,8 @@ def small_llama(seed: int = 0, vocab: int = 64) -> LlamaForCausalLM:
 
 
 def text_batch(lengths: list[int]) -> dict[str, torch.Tensor]:
-    """Plain-text rows of the given lengths (ids 1..63), right-padded by ``train.collate``."""
-    return train.collate([train.Encoded([1 + (7 * i + j) % 63 for j in range(n)], 0) for i, n in enumerate(lengths)], 0)
+    """Plain-text rows of the given lengths (ids 1..63), right-padded by ``collate``."""
+    return collate([Encoded([1 + (7 * i + j) % 63 for j in range(n)], 0) for i, n in enumerate(lengths)], 0)
 
 
 def test_the_log_counts_real_tokens_and_the_padding_share_of_each_step():
@@ -33,9 +35,9 @@ def test_the_log_counts_real_tokens_and_the_padding_share_of_each_step():
     # (real tokens, positions): 8 of 10, 8 of 8, 14 of 18
     assert [(float(b["attention_mask"].sum()), b["attention_mask"].numel()) for b in batches] == \
         [(8.0, 10), (8.0, 8), (14.0, 18)]
-    history = train.train_loop(model, batches, train.sft_step(model), lr=1e-3, grad_accum=2, seed=0)
+    history = loop.train_loop(model, batches, sft_step(model), lr=1e-3, grad_accum=2, seed=0)
     # shuffled order for seed 0, epoch 0; the last step takes the one batch left
-    order = train._epoch_order(3, 0, 0)
+    order = loop._epoch_order(3, 0, 0)
     masks = [batches[i]["attention_mask"] for i in order]
     first = (float(masks[0].sum() + masks[1].sum()), float(masks[0].numel() + masks[1].numel()))
     assert [row["tokens"] for row in history] == [first[0], float(masks[2].sum())]
@@ -48,8 +50,8 @@ def test_gradient_checkpointing_trains_the_same_model():
     runs = []
     for checkpointing in (False, True):
         model = small_llama()
-        history = train.train_loop(model, batches, train.sft_step(model), lr=1e-2, epochs=2, seed=0,
-                                   gradient_checkpointing=checkpointing)
+        history = loop.train_loop(model, batches, sft_step(model), lr=1e-2, epochs=2, seed=0,
+                                  gradient_checkpointing=checkpointing)
         assert not model.is_gradient_checkpointing  # switched off again after training
         runs.append((history, model.state_dict()))
     (log_a, weights_a), (log_b, weights_b) = runs
@@ -77,9 +79,9 @@ def test_held_out_metrics_are_means_over_held_out_pairs():
     assert [int(b["chosen_score"].shape[0]) for b in held_out] == [3, 1] or \
         [int(b["chosen_score"].shape[0]) for b in held_out] == [1, 3]
     model = tiny_student()
-    step = train.calibration_step(model, "ranking", 1.0, pair_forward="concatenated")
-    history = train.train_loop(model, batches, step, lr=1e-3, seed=0, shard=parallel.shard_pairs,
-                               evaluation=train.Evaluation(held_out, every=2))
+    step = calibration_step(model, "ranking", 1.0, pair_forward="concatenated")
+    history = loop.train_loop(model, batches, step, lr=1e-3, seed=0, shard=distributed.shard_pairs,
+                              evaluation=Evaluation(held_out, every=2))
     assert [r["step"] for r in history if "eval_loss" in r] == [2, 4]
     with torch.no_grad():  # the model after the last step, as the last evaluation saw it
         per_batch = [(int(b["chosen_score"].shape[0]), step(b)) for b in held_out]
@@ -94,13 +96,13 @@ def test_keep_best_ends_with_the_weights_of_the_best_evaluated_step(tmp_path):
     runs = {}
     for keep, max_steps in (("best", 0), ("last", None)):
         model = tiny_student()
-        step = train.calibration_step(model, "ranking", 1.0, pair_forward="concatenated")
+        step = calibration_step(model, "ranking", 1.0, pair_forward="concatenated")
         # mode=max on eval_loss: the worst held-out loss, so that "best" is not simply the last step
-        evaluation = train.Evaluation(held_out, every=1, metric="eval_loss", mode="max", keep=keep)
+        evaluation = Evaluation(held_out, every=1, metric="eval_loss", mode="max", keep=keep)
         if max_steps is None:
             max_steps = runs["best"][0]["step"]
-        history = train.train_loop(model, batches, step, lr=3e-2, schedule="constant", max_steps=max_steps, seed=0,
-                                   shard=parallel.shard_pairs, evaluation=evaluation, checkpoint_dir=tmp_path / keep)
+        history = loop.train_loop(model, batches, step, lr=3e-2, schedule="constant", max_steps=max_steps, seed=0,
+                                  shard=distributed.shard_pairs, evaluation=evaluation, checkpoint_dir=tmp_path / keep)
         runs[keep] = (evaluation.best_row(history), model.state_dict(), history)
     best_row, best_weights, history = runs["best"]
     assert best_row["eval_loss"] == max(r["eval_loss"] for r in history) and best_row["step"] < len(history)
@@ -110,8 +112,8 @@ def test_keep_best_ends_with_the_weights_of_the_best_evaluated_step(tmp_path):
 
 def test_bad_evaluation_settings_are_refused():
     with pytest.raises(ValueError, match="keep best.last"):
-        train.Evaluation([], every=1, keep="final")
+        Evaluation([], every=1, keep="final")
     model = small_llama()
     with pytest.raises(ValueError, match="needs a checkpoint_dir"):
-        train.train_loop(model, [text_batch([3])], train.sft_step(model), lr=1e-3,
-                         evaluation=train.Evaluation([text_batch([3])], every=1, keep="best"))
+        loop.train_loop(model, [text_batch([3])], sft_step(model), lr=1e-3,
+                        evaluation=Evaluation([text_batch([3])], every=1, keep="best"))

@@ -1,0 +1,1 @@
+"""Training: batches, sequence log-probs, step functions, the loop, checkpoints, distributed runs."""
