@@ -20,7 +20,12 @@ from bench.measure import peak_memory, peak_memory_start, sync  # noqa: E402
 def synthetic_batches(args, vocab: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
     """Length-grouped pair batches of random tokens with TL;DR-like lengths (prompt 200-448, chosen
     10-48, rejected 3-48 tokens), carrying both the concatenated and the shared-prefix tensors."""
-    from plad_core.training.batches import Encoded, collate, collate_pair_parts, length_grouped_batches
+    from plad_core.training.batches import (
+        Encoded,
+        collate,
+        collate_pair_parts,
+        length_grouped_batches,
+    )
     rng = random.Random(args.seed)
     items = []
     for _ in range(args.pairs):

@@ -32,7 +32,9 @@ def api_for_workers() -> Iterator[None]:
     if PREFECT_API_URL.value():
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer  # the flow's own temporary server
+    from prefect.server.api.server import (
+        SubprocessASGIServer,  # the flow's own temporary server
+    )
     server = SubprocessASGIServer()
     server.start()  # already running: the flow run talks to it
     with temporary_settings(updates={PREFECT_API_URL: server.api_url}):

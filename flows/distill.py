@@ -16,8 +16,18 @@ from plad_core.config import load_config
 from plad_core.models import set_threads
 from plad_core.report.evaluation import results_table
 from plad_core.stages import RUNNERS, check_train_loss, sampling_jobs
-from tasks import (build_pairs, calibrate, evaluate, init_student, prepare_data, promote, sample_student,
-                   sample_teacher, score_pairs, sft_student)
+from tasks import (
+    build_pairs,
+    calibrate,
+    evaluate,
+    init_student,
+    prepare_data,
+    promote,
+    sample_student,
+    sample_teacher,
+    score_pairs,
+    sft_student,
+)
 
 # Runs started by a deployment's runner leave the root logger at WARNING; plad's stage progress
 # (building / reusing / promotion) is INFO and should reach the Prefect UI there too.

@@ -136,7 +136,7 @@ class PairsConfig:
 
 @dataclass
 class LaunchConfig:
-    """How calibration runs: in this process, or under ``torchrun`` (``plad_core.launch``)."""
+    """How calibration runs: in this process, or under ``torchrun`` (``plad_core.training.torchrun``)."""
     nproc: int = 1
     strategy: str = "ddp"
     timeout_s: float = 0.0

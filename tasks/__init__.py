@@ -11,7 +11,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from plad_core.sampling.samplers import run_shard_job
-from plad_core.stages import RUNNERS, run_dev_outputs, run_evaluate, run_judgments, run_promote
+from plad_core.stages import (
+    RUNNERS,
+    run_dev_outputs,
+    run_evaluate,
+    run_judgments,
+    run_promote,
+)
 
 log = logging.getLogger("plad.tasks")
 

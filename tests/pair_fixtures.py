@@ -4,7 +4,6 @@ as chosen, the title as rejected (a plausible but worse summary)."""
 from __future__ import annotations
 
 import pandas as pd
-
 from tiny import CACHE, TLDR
 
 

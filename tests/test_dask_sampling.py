@@ -4,14 +4,19 @@ import pandas as pd
 import pytest
 from distributed import LocalCluster
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterName
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
 from prefect.testing.utilities import prefect_test_harness
+from tiny import make_tiny_model, tiny_overrides
 
 from flows.distill import distill
 from plad_core import stages
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
-from tiny import make_tiny_model, tiny_overrides
 
 KEY = ["id", "sample_index"]
 

@@ -2,9 +2,17 @@ import json
 
 import pandas as pd
 import pytest
-
-from plad_core.data import TASKS, DataError, build_prompts, fewshot_examples, load_rows, render_prompt, split_rows
 from tiny import HH, TLDR, real_tokenizer
+
+from plad_core.data import (
+    TASKS,
+    DataError,
+    build_prompts,
+    fewshot_examples,
+    load_rows,
+    render_prompt,
+    split_rows,
+)
 
 ROW = {"id": "a", "subreddit": "test", "title": "T", "post": "hello there", "summary": "hi"}
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tiny import make_tiny_model, tiny_overrides
 
 from plad_core.artifacts import MANIFEST, ArtifactStore
 from plad_core.registry import Registry
 from plad_core.stages import DEPENDENCIES
-from tiny import make_tiny_model, tiny_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 PREFECT = Path(sys.executable).parent / "prefect"
@@ -217,8 +217,13 @@ def _committed(root: Path, stage: str) -> list[Path]:
 
 @pytest.mark.slow
 def test_server_schedules_nightly_runs_at_0300_utc(served):
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
-                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 

@@ -4,26 +4,32 @@ import json
 import math
 import subprocess
 import sys
-
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from prefect.testing.utilities import prefect_test_harness
+from tiny import HH, make_tiny_model, tiny_overrides
 from transformers import AutoTokenizer
 
 from flows.distill import distill
 from plad_core.artifacts import MANIFEST, ArtifactStore
 from plad_core.config import load_config
+from plad_core.losses import LOSS_NAMES, STORED_SCORERS, stored_columns
+from plad_core.models import load_model
 from plad_core.pairs import PAIRS_SCHEMA
 from plad_core.sampling.schema import SAMPLES_SCHEMA
-from plad_core.models import load_model
-from plad_core.pair_training import encode_pairs
-from plad_core.scoring import SCORERS, SCORES_SCHEMA
-from plad_core.stages import DEPENDENCIES, check_train_loss, run_calibrate, run_score_pairs, run_stage
-from plad_core.train import LOSS_NAMES, STORED_SCORERS, collate, sequence_logprobs, stored_columns
-from tiny import HH, make_tiny_model, tiny_overrides
+from plad_core.stages import (
+    DEPENDENCIES,
+    check_train_loss,
+    run_calibrate,
+    run_score_pairs,
+    run_stage,
+)
+from plad_core.training.batches import collate, encode_pairs
+from plad_core.training.logprobs import sequence_logprobs
+from plad_core.training.reference_scores import SCORERS, SCORES_SCHEMA
 
 STAGES = list(DEPENDENCIES)
 

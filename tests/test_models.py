@@ -1,8 +1,15 @@
 import pytest
 import torch
-
-from plad_core.models import ModelError, load_model, model_fingerprint, resolve_model_path, save_model, slice_layers
 from tiny import CACHE, make_tiny_model
+
+from plad_core.models import (
+    ModelError,
+    load_model,
+    model_fingerprint,
+    resolve_model_path,
+    save_model,
+    slice_layers,
+)
 
 
 def test_slice_keeps_chosen_layers_and_runs(tmp_path):

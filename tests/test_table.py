@@ -8,19 +8,28 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from tiny import make_tiny_model, tiny_overrides
 
 from plad_core.artifacts import MANIFEST, ArtifactStore
 from plad_core.config import ConfigError, load_config
 from plad_core.evaluation.judge import pair_outcomes
 from plad_core.evaluation.metrics import repeated_ngram_share
-from plad_core.experiments.table import (TableExperiment, TableSystem, load_experiment, run_overrides,
-                                         tuning_experiment)
+from plad_core.experiments.table import (
+    TableExperiment,
+    TableSystem,
+    load_experiment,
+    run_overrides,
+    tuning_experiment,
+)
 from plad_core.experiments.table_data import EvalPoint
-from plad_core.experiments.table_results import (judge_win_rates, pair_accuracy, pair_quality, seed_mean,
-                                                 training_summary)
+from plad_core.experiments.table_results import (
+    judge_win_rates,
+    pair_accuracy,
+    pair_quality,
+    seed_mean,
+    training_summary,
+)
 from plad_core.report.text import ci_text
-from tiny import make_tiny_model, tiny_overrides
-
 
 # --- the experiment files ---------------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from plad_core.evaluation import metrics as eval_lib
-from plad_core import models, scoring, train
-from plad_core.pair_training import scored_tokens
+from plad_core import models
+from plad_core.rouge import rouge_f1
 from plad_core.sampling import hf
+from plad_core.training import reference_scores
+from plad_core.training.batches import encode, scored_tokens
 
 CALIBRATED_SYSTEMS = ("sft", "plad")  # the students whose sequence likelihood calibration is measured
 
@@ -28,7 +29,7 @@ def generate_and_score(model: Any, tokenizer: Any, system: str, dev: pd.DataFram
     gens = hf.generate(model, tokenizer, prompts, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens,
                        batch_size=cfg.eval.batch_size, stop=list(cfg.eval.stop), desc=f"evaluate {system}")
     texts = [g.text for g in gens]
-    scores = eval_lib.rouge_f1(texts, list(dev["reference"]), cfg.eval.rouge_stemmer)
+    scores = rouge_f1(texts, list(dev["reference"]), cfg.eval.rouge_stemmer)
     return pd.DataFrame({"system": system, "id": dev["id"], "text": texts,
                          "output_tokens": [g.output_tokens for g in gens], **scores})
 
@@ -52,12 +53,12 @@ def calibration_samples(model: Any, tokenizer: Any, system: str, dev: pd.DataFra
                        top_p=e.calibration_top_p, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
                        seed=e.seed, stop=list(e.stop), desc=f"calibration samples {system}")
     max_len = cfg.student.prompt.max_tokens + e.max_new_tokens + 8  # long enough that nothing is cut
-    items = [train.encode(tokenizer, prompts[g.prompt_index], g.text, max_len) for g in gens]
-    logp_sum = scoring.sequence_scores(model, items, tokenizer.pad_token_id, e.batch_size)
+    items = [encode(tokenizer, prompts[g.prompt_index], g.text, max_len) for g in gens]
+    logp_sum = reference_scores.sequence_scores(model, items, tokenizer.pad_token_id, e.batch_size)
     scored = [scored_tokens(item) for item in items]
     ids, references = list(dev["id"]), list(dev["reference"])
     texts = [g.text for g in gens]
-    quality = eval_lib.rouge_f1(texts, [references[g.prompt_index] for g in gens], e.rouge_stemmer)["rougeL"]
+    quality = rouge_f1(texts, [references[g.prompt_index] for g in gens], e.rouge_stemmer)["rougeL"]
     return pd.DataFrame({"system": system, "id": [ids[g.prompt_index] for g in gens],
                          "sample_index": [g.sample_index for g in gens], "text": texts,
                          "output_tokens": [g.output_tokens for g in gens], "scored_tokens": scored,

@@ -10,26 +10,14 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from rouge_score import rouge_scorer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from plad_core.evaluation.judge import win_rates
 from plad_core.evaluation.likelihood_quality import evaluate_likelihood_quality
+from plad_core.rouge import ROUGE_TYPES
 from plad_core.stats import bootstrap_ci, paired_bootstrap
-from plad_core.train import collate, encode, sequence_logprobs
-
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
-
-
-def rouge_f1(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = True) -> pd.DataFrame:
-    """Per-row ROUGE-1/2/L F1 (rouge-score's implementation), as fractions in [0, 1]."""
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
-    rows = []
-    for prediction, reference in zip(predictions, references, strict=True):
-        scores = scorer.score(reference, prediction)
-        rows.append({name: scores[name].fmeasure for name in ROUGE_TYPES})
-    return pd.DataFrame(rows, columns=list(ROUGE_TYPES))
-
+from plad_core.training.batches import collate, encode
+from plad_core.training.logprobs import sequence_logprobs
 
 # --- Uncertainty, comparisons and length buckets (metrics.json) ---------------------------------
 

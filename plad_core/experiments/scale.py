@@ -24,7 +24,11 @@ import pandas as pd
 
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.config import ConfigError, load_config
-from plad_core.experiments.files import ExperimentPages, commit_experiment, load_experiment_file
+from plad_core.experiments.files import (
+    ExperimentPages,
+    commit_experiment,
+    load_experiment_file,
+)
 from plad_core.pairs import prompts_used
 from plad_core.report.scale import scale_blocks
 from plad_core.report.text import METRIC_LABELS

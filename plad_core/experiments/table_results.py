@@ -17,15 +17,25 @@ from plad_core.evaluation import metrics as eval_lib
 from plad_core.evaluation.judge import pair_outcomes, win_rates
 from plad_core.evaluation.likelihood_quality import evaluate_likelihood_quality
 from plad_core.experiments.table import FIXED, PLAD_LOSSES, Run, TableExperiment
-from plad_core.experiments.table_data import (EvalPoint, JudgeSettings, Metrics, PairQuality, RunRow,
-                                              SystemCalibration, SystemRow, SystemTraining, TableResults,
-                                              TableSettings, TrainingSummary)
-from plad_core.losses import rouge_l_scores
-from plad_core.pair_training import split_held_out
-from plad_core.stages import dev_frames
+from plad_core.experiments.table_data import (
+    EvalPoint,
+    JudgeSettings,
+    Metrics,
+    PairQuality,
+    RunRow,
+    SystemCalibration,
+    SystemRow,
+    SystemTraining,
+    TableResults,
+    TableSettings,
+    TrainingSummary,
+)
+from plad_core.rouge import ROUGE_TYPES, rouge_l_scores
+from plad_core.stages import dev_frames, read_split
 from plad_core.stats import bootstrap_ci, paired_bootstrap
+from plad_core.training.batches import split_held_out
 
-METRIC_COLUMNS = [*eval_lib.ROUGE_TYPES, "output_tokens"]
+METRIC_COLUMNS = [*ROUGE_TYPES, "output_tokens"]
 
 
 # --- per-row numbers ---------------------------------------------------------------------------------
@@ -188,8 +198,7 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
     """table.json: per system (seed-mean rows), per run (per seed), comparisons, pairs and judge."""
     e = cfg.eval
     n, rs = e.n_resamples, e.seed
-    dev = pd.read_parquet(data.file("rows.parquet"))
-    dev = dev[dev["split"] == "dev"][["id", "reference"]].reset_index(drop=True)
+    dev = read_split(data, "dev")[["id", "reference"]]
     frames = {label: dev_frames(a, label) for label, a in outputs.items()}
     generations = pd.concat([g for g, _ in frames.values()], ignore_index=True)
     members = {"teacher": ["teacher"], "sft": ["sft"],

@@ -18,7 +18,13 @@ from plad_core.experiments.table_data import table_json
 from plad_core.experiments.table_results import table_results
 from plad_core.models import set_threads
 from plad_core.report.table import table_blocks
-from plad_core.stages import DEPENDENCIES, RUNNERS, check_train_loss, run_dev_outputs, run_judgments
+from plad_core.stages import (
+    DEPENDENCIES,
+    RUNNERS,
+    check_train_loss,
+    run_dev_outputs,
+    run_judgments,
+)
 
 STAGE, VERSION = "table", 2
 SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sample_teacher", "sample_student", "build_pairs")

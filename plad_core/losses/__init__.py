@@ -6,7 +6,7 @@ One family per module: ``calibration`` (PLaD ranking and margin, the SLiC-HF NLL
 ``preference`` (DPO, IPO, SimPO, CPO hinge), ``distillation`` (DPKD, token-level forward KL and JSD).
 Here: ``PAIR_LOSSES`` maps the ``train.loss`` names to them on a ``PairLogps``, ``KD_DIVERGENCES`` the
 ``train.kd_divergence`` names, and ``STORED_SCORERS`` says which frozen models' stored log-probs each
-loss reads (which losses need the teacher in memory is ``stages.TEACHER_NEEDS``).
+loss reads (what dpkd and token_kd need of the teacher beyond its text is ``TEACHER_NEEDS``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,17 @@ from typing import Any, Callable
 
 import torch
 
-from plad_core.losses.calibration import margin_calibration_loss, nll_regularizer, ranking_calibration_loss
-from plad_core.losses.distillation import (_at_least_float32, dpkd_loss, forward_kl_distillation_loss,  # noqa: F401
-                                           jsd_distillation_loss)
+from plad_core.losses.calibration import (
+    margin_calibration_loss,
+    nll_regularizer,
+    ranking_calibration_loss,
+)
+from plad_core.losses.distillation import (  # noqa: F401
+    _at_least_float32,
+    dpkd_loss,
+    forward_kl_distillation_loss,
+    jsd_distillation_loss,
+)
 from plad_core.losses.preference import cpo_hinge_loss, dpo_loss, ipo_loss, simpo_loss
 from plad_core.rouge import rouge_l_scores  # noqa: F401
 
@@ -101,3 +109,13 @@ def check_loss(loss: str, kd_divergence: str = "forward_kl") -> None:
     if loss == "token_kd" and kd_divergence not in KD_DIVERGENCES:
         raise ValueError(f"train.kd_divergence='{kd_divergence}' is not known; choose one of "
                          f"{', '.join(KD_DIVERGENCES)}")
+
+
+# What dpkd and token_kd read from the teacher beyond its text; the other losses need only y_T.
+TEACHER_NEEDS = {"dpkd": "sequence log-probs of y_T and y_S (scored once by the score_pairs stage)",
+                 "token_kd": "next-token distributions (the teacher runs next to the student in calibrate)"}
+
+
+def text_only_losses() -> str:
+    """The losses that need only the teacher's text, for error messages."""
+    return ", ".join(name for name in LOSS_NAMES if name not in TEACHER_NEEDS)

@@ -16,10 +16,27 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from plad_core.report.blocks import Block, Heading, Image, Para, Pre, Sections, Table, render_markdown, write_pages
+from plad_core.report.blocks import (
+    Block,
+    Heading,
+    Image,
+    Para,
+    Pre,
+    Sections,
+    Table,
+    render_markdown,
+    write_pages,
+)
 from plad_core.report.judge import judge_blocks
 from plad_core.report.plots import bucket_plot, reliability_plot, training_plot
-from plad_core.report.text import OPPONENT_LABELS, SYSTEM_LABELS, ci_text, difference_text, num_text, p_text
+from plad_core.report.text import (
+    OPPONENT_LABELS,
+    SYSTEM_LABELS,
+    ci_text,
+    difference_text,
+    num_text,
+    p_text,
+)
 
 PROMPT_TAIL_CHARS = 400
 

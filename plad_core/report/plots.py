@@ -21,7 +21,9 @@ def png_bytes(fig: Any) -> bytes:
 
 
 def new_figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure  # Agg canvas by default: no display, no pyplot state
+    from matplotlib.figure import (
+        Figure,  # Agg canvas by default: no display, no pyplot state
+    )
     return Figure(figsize=(width, height))
 
 

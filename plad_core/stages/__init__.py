@@ -12,16 +12,27 @@ upstream artifacts, ``checks`` the fail-fast settings checks.
 
 from plad_core.stages.calibrate import calibrate_student, run_calibrate
 from plad_core.stages.checks import check_train_loss
-from plad_core.stages.dag import DEPENDENCIES, RUNNERS, STAGES, VERSIONS, Stage, run_stage
+from plad_core.stages.dag import (
+           DEPENDENCIES,
+           RUNNERS,
+           STAGES,
+           VERSIONS,
+           Stage,
+           run_stage,
+)
 from plad_core.stages.data import run_prepare_data
 from plad_core.stages.evaluate import run_dev_outputs, run_evaluate, run_judgments
 from plad_core.stages.inputs import dev_frames, read_split
 from plad_core.stages.pairs import run_build_pairs, run_score_pairs
 from plad_core.stages.promote import run_promote
-from plad_core.stages.sampling import run_sample_student, run_sample_teacher, sampling_jobs
+from plad_core.stages.sampling import (
+           run_sample_student,
+           run_sample_teacher,
+           sampling_jobs,
+)
 from plad_core.stages.student import run_init_student, run_sft_student
 
 __all__ = ["DEPENDENCIES", "RUNNERS", "STAGES", "VERSIONS", "Stage", "calibrate_student", "check_train_loss",
            "dev_frames", "read_split", "run_build_pairs", "run_calibrate", "run_dev_outputs", "run_evaluate",
            "run_init_student", "run_judgments", "run_prepare_data", "run_promote", "run_sample_student",
-           "run_sample_teacher", "run_score_pairs", "run_stage", "sampling_jobs"]
+           "run_sample_teacher", "run_score_pairs", "run_sft_student", "run_stage", "sampling_jobs"]

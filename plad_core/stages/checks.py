@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from plad_core import parallel, train
-
-# What dpkd and token_kd read from the teacher beyond its text; the other losses need only y_T.
-TEACHER_NEEDS = {"dpkd": "sequence log-probs of y_T and y_S (scored once by the score_pairs stage)",
-                 "token_kd": "next-token distributions (the teacher runs next to the student in calibrate)"}
-
-
-def text_only_losses() -> str:
-    return ", ".join(name for name in train.LOSS_NAMES if name not in TEACHER_NEEDS)
+from plad_core.losses import TEACHER_NEEDS, check_loss, text_only_losses
+from plad_core.training.distributed import check_strategy
+from plad_core.training.logprobs import check_pair_forward
 
 
 def check_train_loss(cfg: DictConfig) -> None:
@@ -20,9 +14,9 @@ def check_train_loss(cfg: DictConfig) -> None:
     ``train.pair_forward``, ``train.launch.strategy``), shared_prefix with gradient checkpointing, or dpkd /
     token_kd with a teacher behind an API, whose log-probs are not available."""
     loss, backend = cfg.train.loss, cfg.teacher.sampling.backend
-    train.check_loss(loss, cfg.train.kd_divergence)
-    parallel.check_strategy(cfg.train.launch.strategy)
-    train.check_pair_forward(cfg.train.pair_forward, cfg.train.optim.gradient_checkpointing)
+    check_loss(loss, cfg.train.kd_divergence)
+    check_strategy(cfg.train.launch.strategy)
+    check_pair_forward(cfg.train.pair_forward, cfg.train.optim.gradient_checkpointing)
     if loss in TEACHER_NEEDS and backend == "openai":  # hf, vllm and auto sample a local teacher model
         raise ValueError(f"train.loss={loss} needs the teacher's {TEACHER_NEEDS[loss]}, but "
                          f"teacher.sampling.backend={backend} gives only its text: set teacher.sampling.backend=hf "

@@ -13,12 +13,32 @@ from omegaconf import DictConfig
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.stages.calibrate import CALIBRATE_VERSION, run_calibrate
 from plad_core.stages.data import PREPARE_DATA_VERSION, run_prepare_data
-from plad_core.stages.evaluate import (DEV_OUTPUTS_VERSION, EVALUATE_VERSION, JUDGMENTS_VERSION, run_dev_outputs,
-                                       run_evaluate, run_judgments)
-from plad_core.stages.pairs import BUILD_PAIRS_VERSION, SCORE_PAIRS_VERSION, run_build_pairs, run_score_pairs
-from plad_core.stages.sampling import (SAMPLE_STUDENT_VERSION, SAMPLE_TEACHER_VERSION, run_sample_student,
-                                       run_sample_teacher)
-from plad_core.stages.student import INIT_STUDENT_VERSION, SFT_STUDENT_VERSION, run_init_student, run_sft_student
+from plad_core.stages.evaluate import (
+    DEV_OUTPUTS_VERSION,
+    EVALUATE_VERSION,
+    JUDGMENTS_VERSION,
+    run_dev_outputs,
+    run_evaluate,
+    run_judgments,
+)
+from plad_core.stages.pairs import (
+    BUILD_PAIRS_VERSION,
+    SCORE_PAIRS_VERSION,
+    run_build_pairs,
+    run_score_pairs,
+)
+from plad_core.stages.sampling import (
+    SAMPLE_STUDENT_VERSION,
+    SAMPLE_TEACHER_VERSION,
+    run_sample_student,
+    run_sample_teacher,
+)
+from plad_core.stages.student import (
+    INIT_STUDENT_VERSION,
+    SFT_STUDENT_VERSION,
+    run_init_student,
+    run_sft_student,
+)
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,30 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from plad_core import data as data_lib
-from plad_core.evaluation import metrics as eval_lib
-from plad_core.evaluation import judge as judge_lib
-from plad_core.report import evaluation as report
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.config import config_slice
 from plad_core.evaluation import dev_outputs
+from plad_core.evaluation import judge as judge_lib
+from plad_core.evaluation import metrics as eval_lib
 from plad_core.models import load_teacher
 from plad_core.progress import ProgressCallback, Steps
+from plad_core.report import evaluation as report
 from plad_core.stages.checks import calibration_k
-from plad_core.stages.inputs import dev_frames, load_artifact_model, prompts_for, read_split
-from plad_core.stages.keys import (CALIBRATION_SLICE, GENERATION_SLICE, judge_identity, judge_prompt, materialize,
-                                   stage_key, teacher_identity)
+from plad_core.stages.inputs import (
+    dev_frames,
+    load_artifact_model,
+    prompts_for,
+    read_split,
+)
+from plad_core.stages.keys import (
+    CALIBRATION_SLICE,
+    GENERATION_SLICE,
+    judge_identity,
+    judge_prompt,
+    materialize,
+    stage_key,
+    teacher_identity,
+)
 
 DEV_OUTPUTS_VERSION = 1
 JUDGMENTS_VERSION = 1

@@ -11,9 +11,7 @@ from omegaconf import DictConfig
 from plad_core import data as data_lib
 from plad_core import models
 from plad_core.artifacts import Artifact
-
-MODEL_DIR = "model"
-CHECKPOINTS = "checkpoints"  # train_loop's folder in a stage's work dir, which survives a crash (exact resume)
+from plad_core.models import MODEL_DIR
 
 
 def read_split(data: Artifact, split: str) -> pd.DataFrame:

@@ -9,10 +9,10 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 
 from plad_core import data as data_lib
-from plad_core.evaluation import judge as judge_lib
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore, artifact_key
 from plad_core.config import config_slice
+from plad_core.evaluation import judge as judge_lib
 from plad_core.sampling import openai_api
 
 DATA_SLICE = ["data.task", "data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]

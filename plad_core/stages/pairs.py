@@ -11,15 +11,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
 
-from plad_core import models, scoring, train
+from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.config import config_slice
-from plad_core.pair_training import encode_pairs
+from plad_core.losses import STORED_SCORERS, stored_columns
+from plad_core.models import MODEL_DIR
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
-from plad_core.stages.calibrate import check_teacher_tokenizer
 from plad_core.stages.checks import check_train_loss, check_unlabeled_fraction
-from plad_core.stages.inputs import MODEL_DIR, load_artifact_model, read_split
+from plad_core.stages.inputs import load_artifact_model, read_split
 from plad_core.stages.keys import materialize, teacher_identity
+from plad_core.training import reference_scores
+from plad_core.training.batches import encode_pairs
+from plad_core.training.calibrate import check_teacher_tokenizer
 
 BUILD_PAIRS_VERSION = 1
 SCORE_PAIRS_VERSION = 1
@@ -51,7 +54,7 @@ def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teach
 
 def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,
                     force: bool = False) -> Artifact:
-    """Per-pair scores under frozen models, computed once (``scores.parquet``, ``scoring.SCORES_SCHEMA``,
+    """Per-pair scores under frozen models, computed once (``scores.parquet``, ``reference_scores.SCORES_SCHEMA``,
     one row per pair, joined to pairs.parquet on id and sample_index): the scored token counts of y_T and
     y_S always; their summed log-probs under the SFT student (the reference policy) when ``train.loss``
     is dpo or ipo, under the teacher when it is dpkd (the teacher must share the student's tokenizer).
@@ -62,7 +65,7 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
     """
     check_train_loss(cfg)
     o = cfg.train.optim
-    scorers = list(train.STORED_SCORERS.get(cfg.train.loss, ()))
+    scorers = list(STORED_SCORERS.get(cfg.train.loss, ()))
     config: dict[str, Any] = {"train.optim.max_seq_len": o.max_seq_len, "scorers": scorers}
     if scorers:
         config["train.optim.bf16"] = o.bf16  # scored in the precision training runs in
@@ -76,13 +79,13 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
         frame = pd.read_parquet(pairs.file("pairs.parquet"))
         loaders = {"reference": lambda: load_artifact_model(sft, cfg)[0], "teacher": lambda: models.load_teacher(cfg)[0]}
         frozen = {name: loaders[name]() for name in scorers}
-        scores = scoring.score_pairs(frame, encode_pairs(frame, tokenizer, o.max_seq_len), tokenizer.pad_token_id,
+        scores = reference_scores.score_pairs(frame, encode_pairs(frame, tokenizer, o.max_seq_len), tokenizer.pad_token_id,
                                      frozen, 2 * o.batch_size, o.bf16)
-        pq.write_table(pa.Table.from_pandas(scores, schema=scoring.SCORES_SCHEMA, preserve_index=False),
+        pq.write_table(pa.Table.from_pandas(scores, schema=reference_scores.SCORES_SCHEMA, preserve_index=False),
                        out / "scores.parquet")
         stats: dict[str, Any] = {"rows": len(scores), "scorers": scorers}
         for name in scorers:
-            chosen, rejected = train.stored_columns(name)
+            chosen, rejected = stored_columns(name)
             stats[f"{name}_logp_per_token"] = {
                 "chosen": float(scores[chosen].sum() / scores["chosen_scored_tokens"].sum()),
                 "rejected": float(scores[rejected].sum() / scores["rejected_scored_tokens"].sum())}

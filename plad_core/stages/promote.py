@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -11,9 +10,10 @@ from omegaconf import DictConfig
 
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.registry import Registry, promotion_decision
+from plad_core.models import MODEL_DIR
+from plad_core.registry import Registry, promotion_decision, registry_path
 from plad_core.stages.evaluate import dev_generations
-from plad_core.stages.inputs import MODEL_DIR, read_split
+from plad_core.stages.inputs import read_split
 
 log = logging.getLogger("plad.stages")
 
@@ -27,7 +27,7 @@ def run_promote(cfg: DictConfig, store: ArtifactStore, data: Artifact, calibrate
     re-scored on the current dev rows, so nights with new dev data compare like with like.
     """
     p = cfg.promotion
-    registry = Registry(Path(p.registry) if p.registry else store.root / "registry.sqlite")
+    registry = Registry(registry_path(cfg, store.root))
     generations = pd.read_parquet(evaluation.file("generations.parquet"))
     challenger = generations[generations["system"] == "plad"].sort_values("id")
     champion = registry.champion(cfg.name)

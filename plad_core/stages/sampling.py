@@ -13,11 +13,18 @@ from omegaconf import DictConfig
 
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
+from plad_core.models import MODEL_DIR
 from plad_core.sampling import check_backend, openai_api, vllm_backend
 from plad_core.sampling.samplers import SamplerSpec, ShardJob, lazy_sampler
 from plad_core.sampling.shards import plan_shards, sample_sharded
-from plad_core.stages.inputs import MODEL_DIR, prompts_for, read_split
-from plad_core.stages.keys import api_identity, materialize, sampling_slice, stage_key, teacher_identity
+from plad_core.stages.inputs import prompts_for, read_split
+from plad_core.stages.keys import (
+    api_identity,
+    materialize,
+    sampling_slice,
+    stage_key,
+    teacher_identity,
+)
 
 SAMPLE_TEACHER_VERSION = 1
 SAMPLE_STUDENT_VERSION = 1

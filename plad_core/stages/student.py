@@ -10,11 +10,16 @@ from typing import Any
 from omegaconf import DictConfig
 
 from plad_core import data as data_lib
-from plad_core import models, train
+from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.stages.calibrate import write_log
-from plad_core.stages.inputs import CHECKPOINTS, MODEL_DIR, load_artifact_model, prompts_for, read_split
+from plad_core.evaluation.metrics import perplexity
+from plad_core.models import MODEL_DIR
+from plad_core.stages.inputs import load_artifact_model, prompts_for, read_split
 from plad_core.stages.keys import materialize, teacher_identity, training_slice
+from plad_core.training import steps
+from plad_core.training.batches import collate, encode, length_grouped_batches
+from plad_core.training.checkpoint import CHECKPOINTS
+from plad_core.training.loop import optim_kwargs, train_loop, write_log
 
 log = logging.getLogger("plad.stages")
 
@@ -41,18 +46,18 @@ def _slice_and_heal(cfg: DictConfig, data: Artifact, out: Path, work: Path) -> d
     texts = heal_texts(data, cfg)
     held_out = [data_lib.render_prompt(r, s.prompt.template, [], "") + " " + r["reference"]
                 for r in read_split(data, "dev").head(16).to_dict("records")]
-    before = train.perplexity(student, tokenizer, held_out, heal.seq_len)
-    items = [train.encode(tokenizer, t, None, heal.seq_len) for t in texts]
-    batches = [train.collate(b, tokenizer.pad_token_id)
-               for b in train.length_grouped_batches(items, lambda e: len(e.ids), heal.batch_size, heal.seed)]
+    before = perplexity(student, tokenizer, held_out, heal.seq_len)
+    items = [encode(tokenizer, t, None, heal.seq_len) for t in texts]
+    batches = [collate(b, tokenizer.pad_token_id)
+               for b in length_grouped_batches(items, lambda e: len(e.ids), heal.batch_size, heal.seed)]
     teacher.requires_grad_(False)
-    history = train.train_loop(student, batches, train.distill_step(student, teacher, heal.temperature),
+    history = train_loop(student, batches, steps.distill_step(student, teacher, heal.temperature),
                                lr=heal.lr, max_steps=heal.steps, bf16=heal.bf16, seed=heal.seed,
                                checkpoint_every=heal.checkpoint_every, checkpoint_dir=work / CHECKPOINTS,
                                desc="heal student")
-    stats = {"layers": len(s.keep_layers), "perplexity_teacher": train.perplexity(teacher, tokenizer, held_out, heal.seq_len),
+    stats = {"layers": len(s.keep_layers), "perplexity_teacher": perplexity(teacher, tokenizer, held_out, heal.seq_len),
              "perplexity_before_heal": before,
-             "perplexity_after_heal": train.perplexity(student, tokenizer, held_out, heal.seq_len),
+             "perplexity_after_heal": perplexity(student, tokenizer, held_out, heal.seq_len),
              "parameters": sum(p.numel() for p in student.parameters())}
     models.save_model(student, tokenizer, out / MODEL_DIR)
     write_log(history, out / "heal_log.parquet")
@@ -91,10 +96,10 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
         student, tokenizer = load_artifact_model(init, cfg)
         labeled = read_split(data, "labeled")
         prompts, truncated = prompts_for(labeled, data, cfg.student.prompt, tokenizer)
-        items = [train.encode(tokenizer, p, s, cfg.sft.max_seq_len) for p, s in zip(prompts, labeled["reference"])]
-        batches = [train.collate(b, tokenizer.pad_token_id) for b in
-                   train.length_grouped_batches(items, lambda e: len(e.ids), cfg.sft.batch_size, cfg.sft.seed)]
-        history = train.train_loop(student, batches, train.sft_step(student), **train.optim_kwargs(cfg.sft),
+        items = [encode(tokenizer, p, s, cfg.sft.max_seq_len) for p, s in zip(prompts, labeled["reference"])]
+        batches = [collate(b, tokenizer.pad_token_id) for b in
+                   length_grouped_batches(items, lambda e: len(e.ids), cfg.sft.batch_size, cfg.sft.seed)]
+        history = train_loop(student, batches, steps.sft_step(student), **optim_kwargs(cfg.sft),
                                    checkpoint_dir=work / CHECKPOINTS, desc="sft student")
         models.save_model(student, tokenizer, out / MODEL_DIR)
         write_log(history, out / "train_log.parquet")

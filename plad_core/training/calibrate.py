@@ -1,7 +1,9 @@
 """The calibrate stage's training: the student trained on preference pairs with ``train.loss``.
 
-``run_calibrate`` (and a ``torchrun`` rank) call ``train_on_pairs``; it knows nothing of Prefect or
-the artifact store: a pairs frame and a student in, a training log out.
+``calibrate_student`` loads the student (and, for token_kd, the teacher), trains it with
+``train_on_pairs`` and saves it; ``run_calibrate`` calls it in this process, and each ``torchrun``
+rank calls it too. It knows nothing of Prefect or the artifact store: a pairs frame and a student
+folder in, a model and a training log out.
 """
 
 from __future__ import annotations
@@ -14,11 +16,20 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from plad_core.losses import STORED_SCORERS, check_loss, stored_columns
+from plad_core import models
+from plad_core.losses import (
+    STORED_SCORERS,
+    TEACHER_NEEDS,
+    check_loss,
+    stored_columns,
+    text_only_losses,
+)
+from plad_core.models import MODEL_DIR
 from plad_core.training import distributed, steps
 from plad_core.training.batches import pair_batches, split_held_out
+from plad_core.training.checkpoint import CHECKPOINTS
 from plad_core.training.held_out import Evaluation
-from plad_core.training.loop import optim_kwargs, train_loop
+from plad_core.training.loop import optim_kwargs, train_loop, write_log
 
 
 def train_on_pairs(student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, frame: pd.DataFrame,
@@ -67,3 +78,38 @@ def _held_out_stats(history: list[dict[str, float]], evaluation: Evaluation | No
     best, metric = evaluation.best_row(history), evaluation.metric
     return {"held_out_pairs": pairs, "best_step": best["step"], f"best_{metric}": best[metric],
             f"last_{metric}": history[-1][metric], "kept_step": best["step"] if evaluation.keep == "best" else len(history)}
+
+
+def check_teacher_tokenizer(cfg: DictConfig, student_tokenizer: Any) -> None:
+    """dpkd and token_kd feed the student's token ids to the teacher: the two must share a tokenizer."""
+    t = cfg.teacher
+    teacher_tokenizer = models.load_tokenizer(models.resolve_model_path(t.model, cfg.cache_dir), t.revision,
+                                              t.trust_remote_code)
+    why = models.vocabulary_mismatch(student_tokenizer, teacher_tokenizer)
+    if why:
+        student = f"student.model={cfg.student.model}" if cfg.student.model else "the student"
+        raise ValueError(f"train.loss={cfg.train.loss} needs the teacher's {TEACHER_NEEDS[cfg.train.loss]} on the "
+                         f"student's tokens, but teacher.model={t.model} and {student} do not share a tokenizer: "
+                         f"{why}. Set teacher.model / student.model to models with one tokenizer, or choose a loss "
+                         f"that needs only the teacher's text ({text_only_losses()})")
+
+
+def calibrate_student(cfg: DictConfig, frame: pd.DataFrame, student_dir: Path, out: Path, work: Path) -> dict[str, Any]:
+    """``run_calibrate``'s training, in this process or as one rank under torchrun (``training.torchrun``):
+    the student from ``student_dir`` trained on ``frame``, resuming from ``work/checkpoints``; rank 0
+    writes ``model/`` and ``train_log.parquet`` into ``out``. Returns the training stats."""
+    student, tokenizer = models.load_model(str(student_dir), cfg.cache_dir, device=cfg.device)
+    teacher = None
+    if cfg.train.loss == "token_kd":
+        check_teacher_tokenizer(cfg, tokenizer)
+        teacher = models.load_teacher(cfg)[0].requires_grad_(False)
+        sizes = [m.get_output_embeddings().weight.shape[0] for m in (student, teacher)]
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"train.loss=token_kd compares next-token distributions, but the student's LM head "
+                             f"has {sizes[0]} outputs and teacher.model={cfg.teacher.model}'s {sizes[1]}")
+    history, stats = train_on_pairs(student, tokenizer, frame, cfg.train, teacher, work / CHECKPOINTS)
+    weights, _ = distributed.full_state(student)  # on every rank: under FSDP it gathers the shards
+    if distributed.ranks().rank == 0:
+        models.save_model(student, tokenizer, out / MODEL_DIR, weights)
+        write_log(history, out / "train_log.parquet")
+    return stats

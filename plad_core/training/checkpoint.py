@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+CHECKPOINTS = "checkpoints"  # train_loop's folder in a stage's work dir, which survives a crash (exact resume)
 LAST = "last.pt"
 BEST = "best.pt"
 FORMAT = 2  # 2: the optimizer state is keyed by parameter name (1 keyed it by position)

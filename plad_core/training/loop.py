@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager, Sequence
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, get_scheduler
 
 from plad_core.training import checkpoint, distributed, held_out
-from plad_core.training.batches import collate, encode, padding, to_device
+from plad_core.training.batches import padding, to_device
 from plad_core.training.distributed import ShardFn
 from plad_core.training.held_out import Evaluation
-from plad_core.training.logprobs import sequence_logprobs
 from plad_core.training.steps import StepFn
 
 log = logging.getLogger("plad.train")
@@ -281,14 +281,6 @@ def _finish(run: _Run, progress: _Progress, evaluation: Evaluation | None, check
 
 
 @torch.no_grad()
-def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int,
-               batch_size: int = 8) -> float:
-    """exp of the token-mean NLL over ``texts`` (each scored from its second token)."""
-    model.eval()
-    encoded = [encode(tokenizer, t, None, max_len) for t in texts]
-    nll, count = 0.0, 0
-    for i in range(0, len(encoded), batch_size):
-        total, n = sequence_logprobs(model, collate(encoded[i:i + batch_size], tokenizer.pad_token_id))
-        nll -= float(total.sum())
-        count += int(n.sum())
-    return math.exp(nll / max(count, 1))
+def write_log(history: list[dict[str, float]], path: Path) -> None:
+    """A training history (one dict per step) as a Parquet table."""
+    pd.DataFrame(history).to_parquet(path, index=False)

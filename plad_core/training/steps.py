@@ -15,8 +15,14 @@ from transformers import PreTrainedModel
 from plad_core.losses import KD_DIVERGENCES, PAIR_LOSSES, PairLogps, check_loss
 from plad_core.losses.calibration import nll_regularizer
 from plad_core.losses.distillation import forward_kl_distillation_loss
-from plad_core.training.logprobs import (PAIR_FORWARDS, check_pair_forward, chosen_rows, scored_logits,
-                                         sequence_logprobs, token_logprob_sums)
+from plad_core.training.logprobs import (
+    PAIR_FORWARDS,
+    check_pair_forward,
+    chosen_rows,
+    scored_logits,
+    sequence_logprobs,
+    token_logprob_sums,
+)
 
 StepFn = Callable[[Any], tuple[torch.Tensor, dict[str, float]]]
 

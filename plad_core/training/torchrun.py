@@ -4,7 +4,7 @@ rank runs (``main``).
 ``run`` writes the resolved config and the pairs into the stage's work folder and starts
 ``torchrun --nproc-per-node N -m plad_core.training.torchrun`` under ``supervise``. Each rank
 joins the process group, loads the config, the pairs and the SFT student from those paths and
-calls the same ``stages.calibrate_student`` as a one-process run; rank 0 writes the model and the
+calls the same ``training.calibrate.calibrate_student`` as a one-process run; rank 0 writes the model and the
 log into the stage's output folder and the stats into the work folder.
 
 torchrun and its ranks run as children that are always stopped. A plain
@@ -45,8 +45,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from plad_core import models
 from plad_core.config import load_config
 from plad_core.training import distributed
+from plad_core.training.calibrate import calibrate_student
 
 SUPERVISOR_ENV = "PLAD_SUPERVISOR_PID"
 log = logging.getLogger("plad.launch")
@@ -221,7 +223,6 @@ def main(argv: Optional[list[str]] = None) -> None:
     for name in ("config", "pairs", "student", "out", "work"):
         parser.add_argument(f"--{name}", required=True)
     args = parser.parse_args(argv)
-    from plad_core import models, stages  # here: stages imports this module for run()
     cfg = load_config(args.config)
     device = distributed.init_from_env(models.resolve_device(cfg.device).type == "cuda")
     r = distributed.ranks()
@@ -230,8 +231,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     cfg = load_config(args.config, [f"device={device}"])
     # torchrun sets OMP_NUM_THREADS=1; with threads: 0 the ranks share the machine's cores instead
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // r.world))
-    stats = stages.calibrate_student(cfg, pd.read_parquet(args.pairs), Path(args.student), Path(args.out),
-                                     Path(args.work))
+    stats = calibrate_student(cfg, pd.read_parquet(args.pairs), Path(args.student), Path(args.out),
+                              Path(args.work))
     if r.rank == 0:
         (Path(args.work) / STATS).write_text(json.dumps(stats))
     dist.destroy_process_group()

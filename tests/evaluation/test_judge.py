@@ -9,8 +9,17 @@ import torch
 
 from plad_core.config import CONF_DIR
 from plad_core.data import TASKS
-from plad_core.evaluation.judge import (HFJudge, JudgeError, JudgePrompt, OpenAIJudge, Verdict, judge_systems,
-                                        opponents, parse_verdict, win_rates)
+from plad_core.evaluation.judge import (
+    HFJudge,
+    JudgeError,
+    JudgePrompt,
+    OpenAIJudge,
+    Verdict,
+    judge_systems,
+    opponents,
+    parse_verdict,
+    win_rates,
+)
 from plad_core.progress import Steps
 from plad_core.stats import bootstrap_ci
 
@@ -129,8 +138,9 @@ def test_steps_report_fractions_of_named_steps():
 
 @pytest.mark.slow
 def test_hf_judge_on_a_tiny_model_gives_valid_deterministic_verdicts(tmp_path):
-    from plad_core.models import load_model
     from tiny import CACHE, make_tiny_model
+
+    from plad_core.models import load_model
 
     model, tokenizer = load_model(str(make_tiny_model(tmp_path / "judge", layers=2)), CACHE)
     judge = HFJudge(model, tokenizer)
@@ -158,10 +168,10 @@ def test_hf_judge_on_a_tiny_model_gives_valid_deterministic_verdicts(tmp_path):
 @pytest.mark.slow
 def test_openai_judge_parses_the_servers_answers(tmp_path):
     import httpx
-
-    from plad_core.sampling.openai_api import ApiSettings
     from test_openai_backend import serve
     from tiny import make_tiny_model
+
+    from plad_core.sampling.openai_api import ApiSettings
 
     model = make_tiny_model(tmp_path / "tiny", layers=2)
     with serve(model, tmp_path / "server.log") as base_url:

@@ -6,9 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from plad_core.evaluation.likelihood_quality import (above_median, average_ranks, evaluate_likelihood_quality,
-                                                     expected_calibration_error, prompt_spearman, reliability_bins,
-                                                     spearman)
+from plad_core.evaluation.likelihood_quality import (
+    above_median,
+    average_ranks,
+    evaluate_likelihood_quality,
+    expected_calibration_error,
+    prompt_spearman,
+    reliability_bins,
+    spearman,
+)
 
 
 def test_average_ranks_and_spearman_by_hand():

@@ -6,6 +6,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from plad_core.evaluation import metrics as eval_lib
+from plad_core.rouge import rouge_f1
 
 # --- ROUGE ---------------------------------------------------------------------------------------
 
@@ -20,7 +21,7 @@ KNOWN = [  # (prediction, reference, hand-computed ROUGE-1, ROUGE-2, ROUGE-L F1)
 
 def test_our_rouge_equals_rouge_score_and_hand_values():
     predictions, references = [k[0] for k in KNOWN], [k[1] for k in KNOWN]
-    ours = eval_lib.rouge_f1(predictions, references, use_stemmer=True)
+    ours = rouge_f1(predictions, references, use_stemmer=True)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     for row, (prediction, reference, r1, r2, rl) in enumerate(KNOWN):
         theirs = scorer.score(reference, prediction)

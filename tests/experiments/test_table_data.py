@@ -2,7 +2,12 @@
 
 import json
 
-from plad_core.experiments.table_data import EvalPoint, PairQuality, TrainingSummary, table_json
+from plad_core.experiments.table_data import (
+    EvalPoint,
+    PairQuality,
+    TrainingSummary,
+    table_json,
+)
 
 
 def test_table_json_keeps_field_order_and_leaves_out_absent_fields():

@@ -3,10 +3,14 @@ by hand, against float64 references, and their gradients."""
 
 import numpy as np
 import torch
+from loss_inputs import CHOSEN_AVG, REJECTED_AVG, close, t
 from rouge_score import rouge_scorer
 
-from loss_inputs import CHOSEN_AVG, REJECTED_AVG, close, t
-from plad_core.losses.calibration import margin_calibration_loss, nll_regularizer, ranking_calibration_loss
+from plad_core.losses.calibration import (
+    margin_calibration_loss,
+    nll_regularizer,
+    ranking_calibration_loss,
+)
 from plad_core.rouge import rouge_l_scores
 
 

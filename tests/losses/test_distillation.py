@@ -4,9 +4,13 @@ float64 reference, and its gradients."""
 import numpy as np
 import pytest
 import torch
-
 from loss_inputs import POLICY_C, POLICY_R, close, neg_logsigmoid, t
-from plad_core.losses.distillation import dpkd_loss, forward_kl_distillation_loss, jsd_distillation_loss
+
+from plad_core.losses.distillation import (
+    dpkd_loss,
+    forward_kl_distillation_loss,
+    jsd_distillation_loss,
+)
 
 
 def test_forward_kl_is_zero_for_equal_and_matches_reference():

@@ -4,8 +4,18 @@ hinge's mapping to the PLaD ranking loss."""
 import numpy as np
 import pytest
 import torch
+from loss_inputs import (
+    CHOSEN_AVG,
+    POLICY_C,
+    POLICY_R,
+    REF_C,
+    REF_R,
+    REJECTED_AVG,
+    close,
+    neg_logsigmoid,
+    t,
+)
 
-from loss_inputs import CHOSEN_AVG, POLICY_C, POLICY_R, REF_C, REF_R, REJECTED_AVG, close, neg_logsigmoid, t
 from plad_core.losses.calibration import ranking_calibration_loss
 from plad_core.losses.preference import cpo_hinge_loss, dpo_loss, ipo_loss, simpo_loss
 

@@ -2,13 +2,18 @@ from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import torch
+from tiny import make_tiny_model
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from plad_core.models import load_model
 from plad_core.sampling.generation import Generation
-from plad_core.sampling.hf import MIN_SHARED_PREFIX, decode_attention, generate, shared_prefix_length
+from plad_core.sampling.hf import (
+    MIN_SHARED_PREFIX,
+    decode_attention,
+    generate,
+    shared_prefix_length,
+)
 from plad_core.sampling.shards import sample_sharded, shard_seed
-from tiny import make_tiny_model
 
 META = {"backend": "hf", "model": "m", "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 8}
 

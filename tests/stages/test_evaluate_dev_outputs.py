@@ -6,15 +6,16 @@ import pytest
 @pytest.mark.slow
 def test_calibration_samples_are_scored_by_the_student(tmp_path):
     import torch
+    from tiny import CACHE, TLDR, make_tiny_model
 
-    from plad_core import train
     from plad_core.artifacts import Artifact
     from plad_core.config import load_config
     from plad_core.data import load_rows, split_rows
     from plad_core.models import load_model
     from plad_core.stages.evaluate import dev_calibration_samples
     from plad_core.stages.inputs import prompts_for
-    from tiny import CACHE, TLDR, make_tiny_model
+    from plad_core.training.batches import collate, encode
+    from plad_core.training.logprobs import sequence_logprobs
 
     rows = split_rows(load_rows(str(TLDR)).rows, {"labeled": 2, "unlabeled": 0, "dev": 5}, "plad-v1")
     (tmp_path / "data").mkdir()
@@ -30,9 +31,9 @@ def test_calibration_samples_are_scored_by_the_student(tmp_path):
     # each sample's log P̄ is the student's own, scored alone (no batch effects in float32)
     prompts, _ = prompts_for(dev.head(4), data, cfg.student.prompt, tokenizer)
     row = samples.iloc[7]
-    item = train.encode(tokenizer, prompts[list(dev["id"]).index(row["id"])], row["text"], 1000)
+    item = encode(tokenizer, prompts[list(dev["id"]).index(row["id"])], row["text"], 1000)
     with torch.inference_mode():
-        total, count = train.sequence_logprobs(model, train.collate([item], tokenizer.pad_token_id))
+        total, count = sequence_logprobs(model, collate([item], tokenizer.pad_token_id))
     assert row["scored_tokens"] == int(count[0])
     assert row["logp_mean"] == pytest.approx(float(total[0] / count[0]), abs=1e-4)
     assert samples["rougeL"].between(0, 1).all()

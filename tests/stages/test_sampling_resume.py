@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from tiny import REPO, make_tiny_model
 
 # run_stage in a fresh interpreter, as a scheduler would; argv: root, teacher model folder

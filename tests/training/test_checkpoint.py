@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from pair_fixtures import tldr_pairs, trainer_overrides
 from safetensors.torch import load_file
+from tiny import REPO, make_tiny_model, real_tokenizer
 from transformers import LlamaForCausalLM
 
-from pair_fixtures import tldr_pairs, trainer_overrides
 from plad_core.config import load_config
 from plad_core.training import checkpoint, steps
 from plad_core.training.calibrate import train_on_pairs
-from tiny import REPO, make_tiny_model, real_tokenizer
-
 
 tokenizer = functools.cache(real_tokenizer)
 

@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pair_fixtures import tldr_pairs, trainer_overrides
 from safetensors.torch import load_file
+from tiny import make_tiny_model
 from transformers import LlamaForCausalLM
 
-from pair_fixtures import tldr_pairs, trainer_overrides
 from plad_core.config import load_config
 from plad_core.stages import calibrate_student, check_train_loss
 from plad_core.training import checkpoint, distributed, torchrun
-from tiny import make_tiny_model
 
 
 def test_shard_pairs_splits_both_halves_and_pads_an_empty_share_with_a_weightless_pair():

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny import TLDR, make_tiny_model, real_tokenizer
 from transformers import AutoModelForCausalLM
 
 from plad_core.config import TrainConfig
@@ -21,7 +22,6 @@ from plad_core.models import load_model
 from plad_core.training import logprobs, steps
 from plad_core.training.batches import collate, encode, encode_pair, pair_batches
 from plad_core.training.logprobs import sequence_logprobs, shared_prefix_logprobs
-from tiny import TLDR, make_tiny_model, real_tokenizer
 
 MAX_LEN = 96
 

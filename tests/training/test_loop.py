@@ -5,15 +5,15 @@ import functools
 
 import pytest
 import torch
+from pair_fixtures import tldr_pairs, trainer_overrides
+from tiny import real_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pair_fixtures import tldr_pairs, trainer_overrides
 from plad_core.config import load_config
 from plad_core.training import distributed, loop
 from plad_core.training.batches import Encoded, collate, pair_batches
 from plad_core.training.held_out import Evaluation
 from plad_core.training.steps import calibration_step, sft_step
-from tiny import real_tokenizer
 
 tokenizer = functools.cache(real_tokenizer)
 

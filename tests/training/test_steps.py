@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny import make_tiny_model
 
 from plad_core import models
 from plad_core.config import load_config
@@ -17,7 +18,6 @@ from plad_core.training.batches import collate, encode, encode_pairs, pair_batch
 from plad_core.training.calibrate import train_on_pairs
 from plad_core.training.logprobs import sequence_logprobs
 from plad_core.training.steps import calibration_step, token_kd_step
-from tiny import make_tiny_model
 
 PAIRS = pd.DataFrame({
     "id": ["a", "b", "c"], "sample_index": [0, 0, 0],

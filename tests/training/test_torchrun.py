@@ -15,7 +15,6 @@ import pytest
 
 from plad_core.training import torchrun
 
-
 # A rank that reports its pid and then sleeps; it watches its supervisor like the real worker.
 SLEEPER = """
 import os, sys, time

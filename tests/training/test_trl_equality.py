@@ -5,7 +5,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-
 # TRL equality: real trl 1.16 trainers on tiny models build their own batches; their losses are compared with
 # ours (the trainer's step functions) on the same token ids, so the same log-probs.
 TRL_PAIRS = {"prompt": ["POST: my cat sleeps all day\nTL;DR:", "POST: the dog barks at night\nTL;DR:",
@@ -18,9 +17,9 @@ TRL_PAIRS = {"prompt": ["POST: my cat sleeps all day\nTL;DR:", "POST: the dog ba
 def trl_setup(tmp_path_factory):
     trl = pytest.importorskip("trl")
     from datasets import Dataset
+    from tiny import make_tiny_model
 
     from plad_core.models import load_model
-    from tiny import make_tiny_model
     root = tmp_path_factory.mktemp("trl")
     policy, tokenizer = load_model(str(make_tiny_model(root / "policy", layers=2, seed=1)), root)
     reference, _ = load_model(str(make_tiny_model(root / "reference", layers=2, seed=2)), root)
@@ -41,7 +40,8 @@ def first_batch(trainer):
 
 @pytest.mark.slow
 def test_dpo_in_our_trainer_equals_trl_dpo_trainer_sigmoid_loss(trl_setup):
-    from plad_core.train import calibration_step, sequence_logprobs
+    from plad_core.training.logprobs import sequence_logprobs
+    from plad_core.training.steps import calibration_step
     s = trl_setup
     beta = 0.3
     trainer = s.trl.DPOTrainer(model=s.policy, ref_model=s.reference, processing_class=s.tokenizer,
@@ -61,7 +61,8 @@ def test_dpo_in_our_trainer_equals_trl_dpo_trainer_sigmoid_loss(trl_setup):
 def test_cpo_hinge_in_our_trainer_equals_trl_cpo_trainer_hinge_loss_and_maps_to_ranking(trl_setup):
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-    from plad_core.train import calibration_step, sequence_logprobs
+    from plad_core.training.logprobs import sequence_logprobs
+    from plad_core.training.steps import calibration_step
     s = trl_setup
     beta = 2.0
     trainer = CPOTrainer(model=s.policy, processing_class=s.tokenizer, train_dataset=s.data,
