@@ -244,7 +244,7 @@ class RunnerConfig:
     kind: str = _f("local", choices=("local", "dask"))
     address: Optional[str] = None
     workers: int = _f(2, ge=1)
-    torch_threads: int = _f(1, ge=1)
+    torch_threads: int = _f(1, ge=0)  # 0: torch's default
 
 
 @dataclass
