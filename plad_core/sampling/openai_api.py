@@ -10,7 +10,10 @@ Other 4xx answers (bad request, bad key, unknown model) fail at once: retrying c
 
 The API key is read from the environment variable named by ``api_key_env`` at call time and sent
 as ``Authorization: Bearer``; it is never part of a config, an artifact key, a manifest, a Parquet
-file, a log line or an error message.
+file, a log line or an error message. ``api_key_env: ""`` sends no key: a key goes only where
+``api_key_env`` is set for that endpoint, never one read from a default variable such as
+``OPENAI_API_KEY``. Nor does a key go over plain ``http://`` to a host other than this machine
+(127.0.0.0/8, ::1, localhost): ``check`` refuses such a ``base_url`` when ``api_key_env`` is set.
 
 ``generate`` returns the same ``Generation`` rows as ``plad_core.sampling.hf.generate``, so
 ``sample_sharded`` (resumable shards, the shared samples schema) works unchanged.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import ipaddress
 import logging
 import os
 import random
@@ -66,6 +70,32 @@ def estimate_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
 
 
+def is_loopback(host: Optional[str]) -> bool:
+    """Whether ``host`` is this machine: localhost, 127.0.0.0/8 or ::1."""
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cleartext_to_remote(base_url: str) -> bool:
+    """Whether requests to ``base_url`` would cross a network unencrypted: plain http, not loopback."""
+    url = urlsplit(base_url)
+    return url.scheme == "http" and not is_loopback(url.hostname)
+
+
+def refuse_cleartext_key(base_url: str, where: str) -> Optional[str]:
+    if cleartext_to_remote(base_url):
+        return (f"{where}.base_url='{base_url}' is plain http:// to another host: the API key would cross the "
+                f"network unencrypted. Use https://, a loopback address (127.0.0.1, ::1, localhost), "
+                f"or set {where}.api_key_env='' to send no key")
+    return None
+
+
 class ApiSettings(ApiConfig):
     """The ``<side>.sampling.api`` config (``plad_core.config.ApiConfig``) with its checks."""
 
@@ -79,7 +109,10 @@ class ApiSettings(ApiConfig):
             problems.append(f"{where}.base_url='{self.base_url}' must be an http(s) URL such as http://127.0.0.1:8000/v1")
         elif urlsplit(self.base_url).username or urlsplit(self.base_url).query:
             # the URL goes into artifact keys and manifests: no credentials or tokens in it
-            problems.append(f"{where}.base_url must not carry credentials or a query; put the key in ${self.api_key_env}")
+            problems.append(f"{where}.base_url must not carry credentials or a query; put the key in an environment "
+                            f"variable and name it in {where}.api_key_env")
+        elif self.api_key_env and (problem := refuse_cleartext_key(self.base_url, where)):
+            problems.append(problem)
         if not self.model:
             problems.append(f"{where}.model is empty: set the served model name (GET <base_url>/models lists them)")
         if self.mode not in MODES:
@@ -190,7 +223,10 @@ class Client:
                 body = self._redact(response.text[:300])
                 last = f"HTTP {response.status_code}: {body}"
                 if response.status_code not in RETRY_STATUS:
-                    hint = f" (check the key in ${s.api_key_env})" if response.status_code in (401, 403) else ""
+                    hint = ""
+                    if response.status_code in (401, 403):
+                        hint = (f" (check the key in ${s.api_key_env})" if self._secret else
+                                " (no key was sent: api_key_env is empty or names an unset variable)")
                     raise ApiError(f"{self.url}: {last} (not retried){hint}")
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
             if attempt == s.max_retries:
@@ -242,17 +278,25 @@ def _generations(answer: dict[str, Any], prompt_index: int, prompt: str, n: int,
     return out
 
 
+def api_key_for(settings: ApiSettings) -> Optional[str]:
+    """The key in the variable ``settings.api_key_env`` names; None when it is "" (no key) or unset."""
+    return (os.environ.get(settings.api_key_env) or None) if settings.api_key_env else None
+
+
 def generate(prompts: Sequence[str], settings: ApiSettings, *, n: int = 1, temperature: float = 0.0,
              top_p: float = 1.0, max_new_tokens: int = 48, seed: int = 0, stop: Sequence[str] = (),
-             api_key: Optional[str] = None, desc: str = "generate") -> list[Generation]:
+             api_key: Optional[str] = None, desc: str = "generate", where: str = "sampling.api") -> list[Generation]:
     """n samples per prompt from the endpoint, in input order (``prompt_index``, ``sample_index``).
 
-    ``api_key`` defaults to the environment variable ``settings.api_key_env`` (no header when unset).
+    ``api_key`` defaults to the environment variable ``settings.api_key_env`` (no header when it is
+    "" or unset). A key is refused, before any request, over plain http to a non-loopback host.
     The first request that fails for good cancels the rest and raises ``ApiError``.
     """
-    settings.check()
+    settings.check(where)
     if api_key is None:
-        api_key = os.environ.get(settings.api_key_env) or None
+        api_key = api_key_for(settings)
+    if api_key and (problem := refuse_cleartext_key(settings.base_url, where)):
+        raise ValueError(problem)
     results: list[Generation] = []
     with Client(settings, api_key, seed) as client, \
             ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="plad-api") as pool:

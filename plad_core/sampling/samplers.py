@@ -57,7 +57,8 @@ def make_sampler(spec: SamplerSpec) -> GenerateFn:
         return generate_hf
     if spec.backend == "vllm":
         llm = vllm_backend.load(models.resolve_model_path(spec.model, spec.cache_dir), spec.dtype, spec.seed,
-                                spec.compile)
+                                spec.compile, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                use_safetensors=spec.use_safetensors)
 
         def generate_vllm(prompts: list[str], seed: int) -> list[hf.Generation]:
             return vllm_backend.generate(llm, prompts, n=spec.n, temperature=spec.temperature, top_p=spec.top_p,

@@ -11,14 +11,12 @@ At scale, serve the model with vLLM (``vllm serve``) and use the same client.
 
 It binds 127.0.0.1 unless told otherwise. ``--api-key-env NAME`` makes it require
 ``Authorization: Bearer $NAME``. ``--port 0`` picks a free port; the first line printed names the URL.
+The model loads as ``teacher.model`` does: ``--revision``, ``--trust-remote-code``, and safetensors
+weights only unless ``--no-use-safetensors`` (a folder holding only pickle checkpoints, such as
+``pytorch_model.bin``, is refused).
 
-Fault injection, for exercising clients' retries against a real server (generation endpoints only,
-counted in arrival order): ``--drop-first N`` closes the connection of the first N requests without
-answering, then ``--fail-first N`` answers the next N with ``--fail-status`` (500; 429 is the other
-useful one), with ``--retry-after S`` on those answers when given. ``--faults 429,500,drop,stall``
-gives an explicit sequence instead (``stall``: wait ``--stall-s`` seconds, then close: a client timeout).
-``--test-endpoints`` adds ``GET /_test/state``: request counts and the last Authorization header seen,
-for tests only (it exposes that header: never use it with a real key on a shared machine).
+Tests wrap ``make_server`` with a ``Handler`` subclass (``tests/sampling/fault_server.py``: injected
+faults and request counters); the hooks ``intercept`` and ``extra_get`` are for that.
 """
 
 from __future__ import annotations
@@ -32,15 +30,14 @@ import argparse
 import json
 import logging
 import secrets
-import socket
 import threading
 import time
-from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
 from plad_core import models
 from plad_core.sampling import hf
+from plad_core.sampling.vllm_backend import check_weights
 
 log = logging.getLogger("plad.sampling.server")
 
@@ -55,38 +52,13 @@ class BadRequest(ValueError):
 
 
 class ServerState:
-    """The model and what the handlers share: the generation lock, the fault schedule, counters."""
+    """The model and what the handlers share: the generation lock."""
 
-    def __init__(self, model: Any, tokenizer: Any, name: str, faults: list[str], retry_after: Optional[str] = None,
-                 stall_s: float = 5.0, api_key: Optional[str] = None, test_endpoints: bool = False):
+    def __init__(self, model: Any, tokenizer: Any, name: str, api_key: Optional[str] = None):
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        self.faults = list(faults)
-        self.retry_after, self.stall_s = retry_after, stall_s
         self.api_key = api_key
-        self.test_endpoints = test_endpoints
         self.generate_lock = threading.Lock()
-        self.state_lock = threading.Lock()
-        self.requests: Counter[str] = Counter()
-        self.injected: Counter[str] = Counter()
-        self.arrivals = 0
-        self.last_authorization: Optional[str] = None
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
-
-    def arrive(self, path: str, authorization: Optional[str]) -> Optional[str]:
-        """Count a generation request; return the fault to inject for it, if any."""
-        with self.state_lock:
-            self.requests[path] += 1
-            self.last_authorization = authorization
-            fault = self.faults[self.arrivals] if self.arrivals < len(self.faults) else None
-            self.arrivals += 1
-            if fault:
-                self.injected[fault] += 1
-            return fault
-
-    def snapshot(self) -> dict[str, Any]:
-        with self.state_lock:
-            return {"requests": dict(self.requests), "arrivals": self.arrivals, "injected": dict(self.injected),
-                    "last_authorization": self.last_authorization}
 
 
 def _float(body: dict[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -197,13 +169,14 @@ class Handler(BaseHTTPRequestHandler):
                 429: "rate_limit_error"}.get(status, "server_error")
         self._send(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
 
-    def _drop(self) -> None:
-        """Close the connection without a byte of answer (what a crashed proxy or server does)."""
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    def intercept(self, path: str) -> bool:
+        """Called for each generation request before its key is checked; True when it has been
+        answered here. This server answers none: test servers count requests and inject faults."""
+        return False
+
+    def extra_get(self, path: str) -> bool:
+        """A GET route beyond the API's (True when answered); none here, tests add theirs."""
+        return False
 
     def _authorized(self) -> bool:
         key = self.state.api_key
@@ -218,8 +191,8 @@ class Handler(BaseHTTPRequestHandler):
                 {"id": self.state.name, "object": "model", "created": 0, "owned_by": "plad"}]})
         if path == "/health":
             return self._send(200, {"status": "ok"})
-        if path == "/_test/state" and self.state.test_endpoints:
-            return self._send(200, self.state.snapshot())
+        if self.extra_get(path):
+            return None
         self._error(404, f"no route GET {path}")
 
     def do_POST(self) -> None:  # noqa: N802
@@ -231,17 +204,10 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         if path not in GENERATION_PATHS:
             return self._error(404, f"no route POST {path}")
-        fault = self.state.arrive(path, self.headers.get("Authorization"))
+        if self.intercept(path):
+            return None
         if not self._authorized():
             return self._error(401, "missing or wrong API key")
-        if fault == "drop":
-            return self._drop()
-        if fault == "stall":
-            time.sleep(self.state.stall_s)
-            return self._drop()
-        if fault is not None:
-            headers = {"Retry-After": self.state.retry_after} if self.state.retry_after is not None else None
-            return self._error(int(fault), f"injected fault: HTTP {fault}", headers)
         try:
             answer = complete(self.state, path, json.loads(raw or b"null"))
         except json.JSONDecodeError as err:
@@ -254,68 +220,77 @@ class Handler(BaseHTTPRequestHandler):
         self._send(200, answer)
 
 
-def make_server(state: ServerState, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    handler = type("BoundHandler", (Handler,), {"state": state})
-    server = ThreadingHTTPServer((host, port), handler)
+def make_server(state: ServerState, host: str = "127.0.0.1", port: int = 8000,
+                handler: type[Handler] = Handler) -> ThreadingHTTPServer:
+    bound = type("BoundHandler", (handler,), {"state": state})
+    server = ThreadingHTTPServer((host, port), bound)
     server.daemon_threads = True
     return server
 
 
-def fault_schedule(faults: Optional[str], drop_first: int, fail_first: int, fail_status: int) -> list[str]:
-    if faults:
-        schedule = [f.strip() for f in faults.split(",") if f.strip()]
-        bad = [f for f in schedule if f not in ("drop", "stall") and not (f.isdigit() and 400 <= int(f) <= 599)]
-        if bad:
-            raise ValueError(f"--faults: {bad} are not drop, stall or an HTTP status 400-599")
-        return schedule
-    return ["drop"] * drop_first + [str(fail_status)] * fail_first
-
-
-def main(argv: Optional[list[str]] = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m plad_core.sampling.server", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="local folder, hub id or embedded:<name> (as teacher.model)")
     p.add_argument("--served-model-name", default=None, help="name clients send as `model` (default: --model)")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    p.add_argument("--use-safetensors", action=argparse.BooleanOptionalAction, default=True,
+                   help="load safetensors weights only (default); --no-use-safetensors also loads pickle "
+                        "checkpoints (.bin), which can run code: only from a source you trust")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on the first line)")
     p.add_argument("--cache-dir", default="data/cache", help="where embedded models are converted (cache_dir)")
     p.add_argument("--dtype", default="bfloat16", choices=sorted(models.DTYPES))
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--api-key-env", default=None, help="require 'Authorization: Bearer $NAME' from clients")
-    p.add_argument("--drop-first", type=int, default=0, metavar="N")
-    p.add_argument("--fail-first", type=int, default=0, metavar="N")
-    p.add_argument("--fail-status", type=int, default=500)
-    p.add_argument("--retry-after", default=None, metavar="SECONDS", help="Retry-After on injected failures")
-    p.add_argument("--faults", default=None, help="explicit fault sequence, e.g. 429,500,drop,stall")
-    p.add_argument("--stall-s", type=float, default=5.0)
-    p.add_argument("--test-endpoints", action="store_true", help="GET /_test/state (tests only)")
-    args = p.parse_args(argv)
-    if args.faults and (args.drop_first or args.fail_first):
-        p.error("--faults replaces --drop-first/--fail-first; give one or the other")
-    try:
-        faults = fault_schedule(args.faults, args.drop_first, args.fail_first, args.fail_status)
-    except ValueError as err:
-        p.error(str(err))
-    api_key = None
-    if args.api_key_env:
-        api_key = os.environ.get(args.api_key_env)
-        if not api_key:
-            p.error(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    models.set_threads(args.threads)
-    model, tokenizer = models.load_model(args.model, args.cache_dir)
-    models.cast(model, args.dtype)
-    state = ServerState(model, tokenizer, args.served_model_name or args.model, faults, args.retry_after,
-                        args.stall_s, api_key, args.test_endpoints)
-    server = make_server(state, args.host, args.port)
+    return p
+
+
+def api_key_from(p: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[str]:
+    """The key clients must send: the value of ``--api-key-env``'s variable (None: no key required)."""
+    if not args.api_key_env:
+        return None
+    api_key = os.environ.get(args.api_key_env)
+    if not api_key:
+        p.error(f"--api-key-env {args.api_key_env}: that environment variable is empty or unset")
+    return api_key
+
+
+def load(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The model and tokenizer of ``--model`` as ``--revision``, ``--trust-remote-code`` and
+    ``--use-safetensors`` say (ValueError for a folder of pickle checkpoints when safetensors only)."""
+    path = models.resolve_model_path(args.model, args.cache_dir)
+    check_weights(path, args.use_safetensors, "--no-use-safetensors")
+    model, tokenizer = models.load_model(path, args.cache_dir, args.revision, args.trust_remote_code,
+                                         args.use_safetensors)
+    return models.cast(model, args.dtype), tokenizer
+
+
+def serve(server: ThreadingHTTPServer, name: str) -> None:
+    """Print the URL (the first line of output) and serve until interrupted."""
     host, port = server.server_address[:2]
-    print(f"plad sampling server: serving {state.name} at http://{host}:{port}/v1", flush=True)
+    print(f"plad sampling server: serving {name} at http://{host}:{port}/v1", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    p = parser()
+    args = p.parse_args(argv)
+    api_key = api_key_from(p, args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models.set_threads(args.threads)
+    try:
+        model, tokenizer = load(args)
+    except (ValueError, models.ModelError) as err:
+        p.error(str(err))
+    state = ServerState(model, tokenizer, args.served_model_name or args.model, api_key)
+    serve(make_server(state, args.host, args.port), state.name)
 
 
 if __name__ == "__main__":

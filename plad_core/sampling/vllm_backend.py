@@ -25,6 +25,12 @@ vLLM's own default there, and runs eagerly on a CPU: on the 2-core CPU compiling
 about 50 s to a 13 s start-up and did not sample faster (``bench/sampling.py --vllm-compile``: 16.7
 vs 17.4 s on 32 teacher prompts, 14.3 vs 14.0 s on 32 student prompts).
 
+The model loads as the hf backend loads it: ``revision`` (the tokenizer's too) and
+``trust_remote_code`` reach ``LLM``, and ``use_safetensors`` (on by default) makes it
+``load_format="safetensors"``, so vLLM never falls back to pickle checkpoints (``*.bin``, ``*.pt``),
+which can run code when loaded. A local folder holding only those is refused before the engine
+starts (``check_weights``), with the setting that allows them.
+
 Prompts are passed as token ids encoded exactly as the hf backend encodes them (no special tokens
 added), and rows come back as the same ``Generation`` records: the text stripped, cut before the
 first stop string, ``output_tokens`` counted by re-tokenising it.
@@ -35,7 +41,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -66,6 +73,24 @@ def cpu_threads_bind(cpus: Sequence[int]) -> str:
     return ",".join(f"{lo}-{hi}" if hi > lo else str(lo) for lo, hi in ranges)
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def check_weights(path: str, use_safetensors: bool, allow: str) -> None:
+    """Refuse a local folder with pickle checkpoints but no ``*.safetensors`` file when
+    ``use_safetensors`` is on (what transformers and vLLM's ``load_format="safetensors"`` refuse
+    too, but with a message naming ``allow``, the setting that permits them). Hub ids and folders
+    with no weights at all are left to the loader."""
+    folder = Path(path)
+    if not use_safetensors or not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern))
+    if pickles:
+        raise ValueError(f"{path} holds no *.safetensors weights, only pickle checkpoints ({', '.join(pickles)}), "
+                         f"which can run code when loaded: refused, as use_safetensors is on. Convert them to "
+                         f"safetensors, or set {allow} to load them if you trust their source")
+
+
 COMPILE_SETTINGS = ("auto", "true", "false")
 
 
@@ -87,15 +112,27 @@ def engine_environment(cuda: bool) -> dict[str, str]:
     return env
 
 
-def load(model_path: str, dtype: str, seed: int, compiled: bool = False) -> Any:
-    """A ``vllm.LLM`` for a local model folder (or hub id) in ``dtype``, compiled or eager."""
+def engine_kwargs(model_path: str, dtype: str, seed: int, compiled: bool = False, revision: Optional[str] = None,
+                  trust_remote_code: bool = False, use_safetensors: bool = True) -> dict[str, Any]:
+    """``vllm.LLM``'s arguments for ``load`` (see the module docstring)."""
+    return {"model": model_path, "dtype": dtype, "seed": seed, "enforce_eager": not compiled, "revision": revision,
+            "tokenizer_revision": revision, "trust_remote_code": trust_remote_code,
+            "load_format": "safetensors" if use_safetensors else "auto"}
+
+
+def load(model_path: str, dtype: str, seed: int, compiled: bool = False, *, revision: Optional[str] = None,
+         trust_remote_code: bool = False, use_safetensors: bool = True,
+         allow: str = "teacher.use_safetensors=false") -> Any:
+    """A ``vllm.LLM`` for a local model folder (or hub id) in ``dtype``, compiled or eager, at
+    ``revision``, safetensors only unless ``use_safetensors`` is off (``allow`` names that setting)."""
     if not installed():
         raise ImportError(f"the vllm sampling backend needs the vllm package, which is not installed: {INSTALL_HINT}")
+    check_weights(model_path, use_safetensors, allow)
     for name, value in engine_environment(torch.cuda.is_available()).items():
         os.environ.setdefault(name, value)
     threads = torch.get_num_threads()
     from vllm import LLM
-    llm = LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=not compiled)
+    llm = LLM(**engine_kwargs(model_path, dtype, seed, compiled, revision, trust_remote_code, use_safetensors))
     # vLLM lowers this process's torch threads to 1 for its engine loop; the process's other work
     # (scoring, training in the same flow) keeps the thread count it had.
     torch.set_num_threads(threads)

@@ -1,16 +1,13 @@
 """The openai sampling backend against the project's real OpenAI-compatible server (a subprocess
-serving a tiny model on 127.0.0.1), including injected 429s, 500s, dropped connections and stalls."""
+serving a tiny model on 127.0.0.1, wrapped by tests/sampling/fault_server.py), including injected
+429s, 500s, dropped connections and stalls; where the API key may go; the server's model loading."""
 
 import logging
-import os
 import random
 import re
 import secrets
-import signal
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,51 +21,28 @@ from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import load_tokenizer
 from plad_core.sampling import check_backend
+from plad_core.evaluation.judge import make_judge
+from plad_core.sampling import server
 from plad_core.sampling.openai_api import (
     ApiError,
     ApiSettings,
     CharTokens,
     api_root,
     generate,
+    is_loopback,
     parse_retry_after,
     retry_delay,
 )
 from plad_core.sampling.schema import SAMPLES_SCHEMA
 from plad_core.sampling.shards import sample_sharded
 from plad_core.stages import keys
+from plad_core.stages import sampling as stage_sampling
+from fault_server import serve, server_state
+from pickle_model import make_bin_only_model
 
 SERVER_KEY_ENV = "PLAD_TEST_SERVER_KEY"
 PROMPTS = [f"SUBREDDIT: r/test\n\nTITLE: post {i}\n\nPOST: {'word ' * (3 + 2 * i)}\n\nTL;DR:" for i in range(8)]
 IDS = [f"id{i}" for i in range(8)]
-
-
-@contextmanager
-def serve(model: Path, log_path: Path, *flags: str, env: dict | None = None):
-    """The real server in a subprocess on a free 127.0.0.1 port; stopped by its pid afterwards."""
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "plad_core.sampling.server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", "0", "--dtype", "float32", "--threads", "1", "--test-endpoints", *flags],
-            cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    try:
-        deadline = time.time() + 180
-        while not (match := re.search(r"at (http://127\.0\.0\.1:\d+/v1)", log_path.read_text())):
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"server did not start (exit {proc.poll()}):\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield match.group(1)
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def server_state(base_url: str) -> dict:
-    return httpx.get(base_url.removesuffix("/v1") + "/_test/state", timeout=10).json()
 
 
 def api_generate(settings: ApiSettings, n: int = 1, max_new_tokens: int = 6):
@@ -168,6 +142,44 @@ def test_artifact_key_slices():
     assert keys.api_identity(other) != ident
 
 
+def test_a_key_goes_over_plain_http_to_loopback_only():
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.8.9.10", "::1", "localhost", "LOCALHOST", "localhost."))
+    assert not any(is_loopback(h) for h in ("example.com", "10.0.0.5", "128.0.0.1", "::2", "localhost.example.com",
+                                            "", None))
+    keyed = dict(model="m", api_key_env="PLAD_TEST_KEY")
+    for url in ("https://example.com/v1", "https://10.0.0.5:8443/v1", "http://127.0.0.1:8000/v1",
+                "http://127.3.2.1:8000/v1", "http://[::1]:8000/v1", "http://localhost:8000/v1"):
+        ApiSettings(base_url=url, **keyed).check()
+    ApiSettings(base_url="http://example.com/v1", model="m", api_key_env="").check()  # no key: nothing to leak
+    message = ("teacher.sampling.api.base_url='http://example.com/v1' is plain http:// to another host: the API "
+               "key would cross the network unencrypted. Use https://")
+    with pytest.raises(ValueError, match="^" + re.escape(message) + ".*teacher.sampling.api.api_key_env=''"):
+        ApiSettings(base_url="http://example.com/v1", **keyed).check("teacher.sampling.api")
+    # the stages and the judge check their endpoint under its own config path, before anything runs
+    over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=m",
+            "teacher.sampling.api.base_url=http://example.com/v1", "teacher.sampling.api.api_key_env=PLAD_TEST_KEY"]
+    with pytest.raises(ValueError, match=re.escape("teacher.sampling.api.base_url='http://example.com/v1' is plain")):
+        stage_sampling._sampling(load_config("base", over), "sample_teacher", None)
+    judge = load_config("base", ["eval.judge.backend=openai", "eval.judge.api.model=m",
+                                 "eval.judge.api.base_url=http://10.1.2.3:8000/v1",
+                                 "eval.judge.api.api_key_env=PLAD_TEST_KEY"]).eval.judge
+    with pytest.raises(ValueError, match=re.escape("eval.judge.api.base_url='http://10.1.2.3:8000/v1' is plain")):
+        make_judge(judge, "data/cache", "cpu", "float32", 0)
+
+
+def test_a_key_for_plain_http_to_another_host_is_refused_before_any_request(monkeypatch):
+    sent = []
+    monkeypatch.setattr(httpx.Client, "send", lambda self, request, **kw: sent.append(request))
+    monkeypatch.setenv("PLAD_TEST_KEY", "sk-never-sent")
+    with pytest.raises(ValueError, match=re.escape("sampling.api.base_url='http://example.com/v1' is plain http://")):
+        generate(PROMPTS[:1], ApiSettings(base_url="http://example.com/v1", model="m", api_key_env="PLAD_TEST_KEY"))
+    # a key handed over directly, with no api_key_env, is refused all the same
+    with pytest.raises(ValueError, match="is plain http:// to another host"):
+        generate(PROMPTS[:1], ApiSettings(base_url="http://example.com/v1", model="m", api_key_env=""),
+                 api_key="sk-never-sent")
+    assert sent == []
+
+
 # -- against the real server ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -236,6 +248,20 @@ def test_a_wrong_key_fails_at_once_naming_the_url(tiny, plain_server, monkeypatc
 
 
 @pytest.mark.slow
+def test_no_key_is_sent_unless_api_key_env_names_one(tiny, plain_server, server_key, monkeypatch):
+    # the server's own key sits in OPENAI_API_KEY: were it read by default, the request would pass
+    monkeypatch.setenv("OPENAI_API_KEY", server_key)
+    monkeypatch.setenv("PLAD_TEST_KEY", server_key)
+    for unset in ("", "PLAD_TEST_UNSET_KEY"):
+        monkeypatch.delenv("PLAD_TEST_UNSET_KEY", raising=False)
+        with pytest.raises(ApiError, match=r"HTTP 401.*not retried.*no key was sent"):
+            generate(PROMPTS[:1], replace(settings_for(plain_server, tiny), api_key_env=unset), max_new_tokens=4)
+        assert server_state(plain_server)["last_authorization"] is None
+    assert len(generate(PROMPTS[:1], settings_for(plain_server, tiny), max_new_tokens=4)) == 1  # loopback http
+    assert server_state(plain_server)["last_authorization"] == f"Bearer {server_key}"
+
+
+@pytest.mark.slow
 def test_429_500_drops_and_timeouts_are_retried_and_rows_are_complete(tiny, plain_server, client_key, tmp_path,
                                                                       caplog):
     caplog.set_level(logging.WARNING, logger="plad.sampling.openai")
@@ -274,3 +300,31 @@ def test_exhausted_retries_name_the_url_and_the_last_status(tiny, tmp_path):
         assert server_state(down)["arrivals"] == 3
     message = str(err.value)
     assert f"{down}/completions" in message and "after 3 attempts" in message and "last: HTTP 503" in message
+
+
+# -- the server loads the model as teacher.model is loaded ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bin_only(tmp_path_factory) -> Path:
+    return make_bin_only_model(tmp_path_factory.mktemp("bin") / "tiny-bin", layers=2)
+
+
+@pytest.mark.slow
+def test_the_server_refuses_pickle_weights_unless_told_and_passes_the_load_settings(bin_only, tmp_path, monkeypatch):
+    cli = subprocess.run([sys.executable, "-m", "plad_core.sampling.server", "--model", str(bin_only), "--port", "0",
+                          "--dtype", "float32"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 2 and "serving" not in cli.stdout
+    assert re.search(rf"{re.escape(str(bin_only))} holds no \*.safetensors weights, only pickle checkpoints "
+                     r"\(pytorch_model.bin\).*set --no-use-safetensors to load them", cli.stderr), cli.stderr
+    args = server.parser().parse_args(["--model", str(bin_only), "--dtype", "float32", "--revision", "main",
+                                       "--trust-remote-code", "--no-use-safetensors"])
+    loaded = []
+    real = server.models.load_model
+    monkeypatch.setattr(server.models, "load_model", lambda *a: loaded.append(a[2:]) or real(*a))
+    model, tokenizer = server.load(args)
+    assert loaded == [("main", True, False)] and model.dtype.is_floating_point and tokenizer("hi")["input_ids"]
+    defaults = server.parser().parse_args(["--model", "m"])
+    assert (defaults.revision, defaults.trust_remote_code, defaults.use_safetensors) == (None, False, True)
+    with serve(bin_only, tmp_path / "bin.log", "--no-use-safetensors") as url:  # and it serves them
+        answer = httpx.post(f"{url}/completions", json={"prompt": "hello", "max_tokens": 3, "seed": 1}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] in ("stop", "length")

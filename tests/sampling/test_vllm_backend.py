@@ -10,15 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from prefect.testing.utilities import prefect_test_harness
-from tiny import make_tiny_model, tiny_overrides
+from tiny import REPO, make_tiny_model, tiny_overrides
 
 from flows.distill import distill
 from plad_core.artifacts import MANIFEST
 from plad_core.config import load_config
-from plad_core.sampling import check_backend, vllm_backend
+from plad_core.sampling import check_backend, samplers, vllm_backend
 from plad_core.sampling.schema import SAMPLES_SCHEMA
 from plad_core.sampling.shards import sample_sharded
 from plad_core.stages import sampling as stage_sampling
+from pickle_model import make_bin_only_model
 
 needs_vllm = pytest.mark.skipif(not vllm_backend.installed(), reason="vllm is not installed (make setup installs it)")
 PROMPTS = ["SUBREDDIT: r/cats\n\nTITLE: my cat\n\nPOST: it sat on the mat all day\n\nTL;DR:",
@@ -120,6 +121,49 @@ def test_vllm_samples_n_per_prompt_cut_at_stop_and_reseeded_per_call(llm, tmp_pa
     assert set(table.column("backend").to_pylist()) == {"vllm"}
 
 
+@pytest.fixture(scope="module")
+def bin_only(tmp_path_factory) -> Path:
+    return make_bin_only_model(tmp_path_factory.mktemp("vllm-bin") / "tiny-bin", layers=2, hidden=HIDDEN)
+
+
+def test_pickle_weights_are_refused_before_the_engine_starts_unless_use_safetensors_is_off(bin_only, monkeypatch):
+    monkeypatch.setattr(vllm_backend, "installed", lambda: True)  # the folder is refused before vllm is imported
+    message = (rf"^{bin_only} holds no \*.safetensors weights, only pickle checkpoints \(pytorch_model.bin\), which "
+               r"can run code when loaded: refused, as use_safetensors is on.*set teacher.use_safetensors=false")
+    with pytest.raises(ValueError, match=message):
+        vllm_backend.load(str(bin_only), "float32", 0)
+    spec = samplers.SamplerSpec(backend="vllm", model=str(bin_only), n=1, temperature=0.0, top_p=1.0,
+                                max_new_tokens=4, stop=(), dtype="float32", batch_size=1, seed=0)
+    with pytest.raises(ValueError, match=message):  # the stages' path: SamplerSpec.use_safetensors is on by default
+        samplers.make_sampler(spec)
+    vllm_backend.check_weights(str(bin_only), False, "x")  # off: allowed
+    (bin_only.parent / "empty").mkdir()
+    vllm_backend.check_weights(str(bin_only.parent / "empty"), True, "x")  # no weights at all: the loader's to report
+    vllm_backend.check_weights("HuggingFaceTB/SmolLM2-135M", True, "x")  # hub ids: vLLM's load_format enforces it
+    assert vllm_backend.engine_kwargs("m", "bfloat16", 3, revision="abc123", trust_remote_code=True) == {
+        "model": "m", "dtype": "bfloat16", "seed": 3, "enforce_eager": True, "revision": "abc123",
+        "tokenizer_revision": "abc123", "trust_remote_code": True, "load_format": "safetensors"}
+    assert vllm_backend.engine_kwargs("m", "bfloat16", 3, True, use_safetensors=False)["load_format"] == "auto"
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_itself_refuses_pickle_weights_with_the_engine_arguments_and_loads_them_when_allowed(bin_only, llm):
+    from vllm import LLM
+    assert llm.llm_engine.vllm_config.load_config.load_format == "safetensors"  # the default, safetensors folder
+    with pytest.raises(RuntimeError, match=f"Cannot find any model weights with `{bin_only}`"):
+        LLM(**vllm_backend.engine_kwargs(str(bin_only), "float32", 0))  # past check_weights, vLLM's own check
+    allowed = vllm_backend.load(str(bin_only), "float32", 0, revision="main", trust_remote_code=True,
+                                use_safetensors=False)
+    engine = allowed.llm_engine.vllm_config
+    assert engine.load_config.load_format == "auto"
+    assert (engine.model_config.revision, engine.model_config.tokenizer_revision,
+            engine.model_config.trust_remote_code) == ("main", "main", True)
+    [one] = vllm_backend.generate(allowed, PROMPTS[:1], max_new_tokens=4)
+    assert one.finish_reason in ("stop", "length") and one.output_tokens <= 4
+    del allowed
+
+
 @needs_vllm
 @pytest.mark.slow
 def test_flow_samples_teacher_and_student_with_vllm(tmp_path):
@@ -143,7 +187,7 @@ def test_flow_samples_teacher_and_student_with_vllm(tmp_path):
 
 @needs_vllm
 def test_make_setup_installs_vllms_requirements_but_the_ones_that_clash_with_ours():
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+    sys.path.insert(0, str(REPO / "tools"))
     from importlib.metadata import version
 
     from vllm_requirements import requirements
