@@ -124,21 +124,40 @@ def split_rank(row_id: str, salt: str) -> str:
     return hashlib.sha256(f"{salt}:{row_id}".encode()).hexdigest()
 
 
-def split_rows(rows: Sequence[dict[str, Any]], sizes: dict[str, int], salt: str, task: str = "tldr") -> pd.DataFrame:
-    """Assign rows to labeled / unlabeled / dev by the hash of their id.
+def split_shares(sizes: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Each split's interval of [0, 1), in SPLITS order, as wide as its share of the requested rows."""
+    total = sum(sizes.values())
+    out, low = {}, 0.0
+    for name in SPLITS:
+        high = 1.0 if name == SPLITS[-1] else low + sizes[name] / total
+        out[name] = (low, high)
+        low = high
+    return out
 
-    Ordering by hash makes each row's split depend only on its id, the salt and the sizes, never on
-    file order, so appending rows to the file leaves earlier assignments mostly intact.
+
+def split_rows(rows: Sequence[dict[str, Any]], sizes: dict[str, int], salt: str, task: str = "tldr") -> pd.DataFrame:
+    """Assign rows to labeled / unlabeled / dev by the hash of their id, then keep ``sizes[split]`` of each.
+
+    A row's split is fixed by where the hash of (salt, id) falls in [0, 1), cut into one interval per
+    split in proportion to ``sizes``: it depends on nothing but the id, the salt and the sizes, so
+    appending rows to the file never moves a row from one split to another (a dev row can never
+    become a training row). Within a split the rows with the smallest hashes are kept, so a new row
+    can push an old one out of its split's sample, never into another split.
     """
     wanted = sum(sizes.values())
     if wanted > len(rows):
         raise DataError(f"split sizes {sizes} need {wanted} rows but the data has {len(rows)}")
-    ordered = sorted(rows, key=lambda r: split_rank(r["id"], salt))
-    out, start = [], 0
+    ranked = sorted((split_rank(r["id"], salt), r) for r in rows)
+    shares = split_shares(sizes)
+    out = []
     for name in SPLITS:
-        for row in ordered[start:start + sizes[name]]:
-            out.append({**row, "split": name})
-        start += sizes[name]
+        low, high = shares[name]
+        members = [row for rank, row in ranked if low <= int(rank[:16], 16) / 16 ** 16 < high]
+        if len(members) < sizes[name]:
+            raise DataError(f"split '{name}' needs {sizes[name]} rows but only {len(members)} of the {len(rows)} "
+                            f"rows hash into it (each split gets rows in proportion to the sizes); "
+                            f"add rows or lower data.n_{name}")
+        out += [{**row, "split": name} for row in members[:sizes[name]]]
     return pd.DataFrame(out, columns=rows_schema(task).names)
 
 

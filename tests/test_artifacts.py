@@ -7,6 +7,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from plad_core.artifacts import MANIFEST, ArtifactStore, artifact_key
 
 
@@ -69,10 +71,8 @@ def test_failed_build_leaves_nothing_that_looks_finished(tmp_path):
     def boom(out, work):
         (out / "half.txt").write_text("partial")
         raise RuntimeError("crash")
-    try:
+    with pytest.raises(RuntimeError, match="crash"):
         store.materialize("stage", 1, {}, {}, boom)
-    except RuntimeError:
-        pass
     assert store.get("stage", artifact_key("stage", 1, {}, {})) is None
     assert not list((tmp_path / "stage").glob("*/" + MANIFEST))
 

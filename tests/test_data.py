@@ -115,3 +115,21 @@ def test_prompts_are_truncated_to_the_token_budget_and_counted():
     assert prompts[0] == "POST: hello there\nTL;DR:"
     assert len(tokenizer(prompts[1], add_special_tokens=False)["input_ids"]) <= 64
     assert prompts[1].endswith("\nTL;DR:")
+
+
+def test_appending_rows_never_moves_a_row_to_another_split():
+    rows = load_rows(str(TLDR)).rows
+    sizes = {"labeled": 100, "unlabeled": 150, "dev": 50}
+    before = split_rows(rows[:800], sizes, "salt").set_index("id")["split"]
+    after = split_rows(rows, sizes, "salt").set_index("id")["split"]
+    kept = before.index.intersection(after.index)
+    assert len(kept) > 0.3 * len(before)  # the first 800 rows are 41% of the file
+    assert (before[kept] == after[kept]).all()
+    # A row of the first file that left its split's sample is in no other split either.
+    assert not (set(before.index) - set(after.index)) & set(after.index)
+
+
+def test_a_split_short_of_rows_names_the_split_and_the_setting():
+    rows = load_rows(str(TLDR)).rows[:30]
+    with pytest.raises(DataError, match=r"split 'dev' needs 10 rows but only \d+ of the 30 rows .*data.n_dev"):
+        split_rows(rows, {"labeled": 10, "unlabeled": 10, "dev": 10}, "salt")
