@@ -1,0 +1,81 @@
+"""Value checks run when a config loads: every leaf against its field's choices or range, and every
+prompt template against the task's fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import re
+import string
+from typing import Any, Iterator, Optional, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from plad_core.config.schema import CONF_DIR, JUDGE_CANDIDATES, ConfigError
+from plad_core.data import TASKS
+
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def _problem(value: Any, checks: dict[str, Any]) -> Optional[str]:
+    """What is wrong with one leaf ``value`` by its field's ``checks``; None when nothing is."""
+    if "choices" in checks and (str(value).lower() if checks.get("ignore_case") else value) not in checks["choices"]:
+        return f"is not one of: {', '.join(map(str, checks['choices']))}"
+    if "pattern" in checks and not re.fullmatch(checks["pattern"][0], str(value)):
+        return f"is not {checks['pattern'][1]}"
+    bounds = [(op, sym, checks[k]) for k, (op, sym) in _BOUNDS.items() if k in checks]
+    if any(not op(value, b) for op, _, b in bounds) or value in checks.get("exclude", ()):
+        return ("is out of range: must be " + " and ".join(f"{sym} {b}" for _, sym, b in bounds)
+                + "".join(f", not {x}" for x in checks.get("exclude", ())))
+    return None
+
+
+def _leaf_problems(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(path, message) for every leaf under ``node`` that fails its field's checks (lists element-wise)."""
+    for f in dataclasses.fields(OmegaConf.get_type(node)):
+        path, value = prefix + f.name, node[f.name]
+        if isinstance(value, DictConfig):
+            yield from _leaf_problems(value, path + ".")
+        elif f.metadata and value is not None:
+            items = enumerate(value) if isinstance(value, ListConfig) else [(None, value)]
+            for i, item in items:
+                problem = _problem(item, f.metadata)
+                if problem:
+                    yield path, f"{path if i is None else f'{path}[{i}]'}={item!r} {problem}"
+
+
+def template_problem(template: str, fields: Sequence[str]) -> Optional[str]:
+    """What is wrong with a ``str.format`` template whose rows hold ``fields``; None when nothing is."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as err:
+        return f"is not a valid format template ({err}); write literal braces as {{{{ }}}}"
+    unknown = sorted({re.split(r"[.\[]", name)[0] for name in names} - set(fields))
+    return f"uses unknown field(s) {unknown}; valid fields: {', '.join(fields)}" if unknown else None
+
+
+def _template_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
+    fields = TASKS[cfg.data.task].fields
+    for side in ("teacher", "student"):
+        problem = template_problem(cfg[side].prompt.template, fields)
+        if problem:
+            yield f"{side}.prompt.template", f"{side}.prompt.template {problem} (data.task={cfg.data.task})"
+    if cfg.eval.judge.enabled:
+        path = CONF_DIR / cfg.eval.judge.prompt  # an absolute prompt path stays itself
+        problem = (template_problem(path.read_text(encoding="utf-8"), (*fields, *JUDGE_CANDIDATES)) if path.is_file()
+                   else f"is not a file ({path}; judge prompts live in conf/judge/)")
+        if problem:
+            yield "eval.judge.prompt", f"eval.judge.prompt={cfg.eval.judge.prompt!r} {problem} (data.task={cfg.data.task})"
+
+
+def validate(cfg: DictConfig, layers: Sequence[tuple[str, Any]] = ()) -> None:
+    """Check every leaf with choices or a range, and the prompt templates' fields; a ConfigError lists
+    each problem, with the last of ``layers`` ((source, layer) pairs, in merge order) that set it."""
+    problems = [*_leaf_problems(cfg), *(_template_problems(cfg) if cfg.data.task in TASKS else ())]
+    if problems:
+        def source(path: str) -> str:
+            found = [src for src, layer in layers if OmegaConf.select(layer, path, default=None) is not None]
+            return found[-1] if found else "schema default"
+        raise ConfigError("invalid config value(s):\n" + "\n".join(f"  {source(p)}: {msg}" for p, msg in problems))
+
+
