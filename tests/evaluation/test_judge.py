@@ -168,7 +168,7 @@ def test_hf_judge_on_a_tiny_model_gives_valid_deterministic_verdicts(tmp_path):
 @pytest.mark.slow
 def test_openai_judge_parses_the_servers_answers(tmp_path):
     import httpx
-    from test_openai_backend import serve
+    from sampling.fault_server import serve
     from tiny import make_tiny_model
 
     from plad_core.sampling.openai_api import ApiSettings
