@@ -36,6 +36,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,7 +104,7 @@ def timed(fn, *args) -> tuple[list[str], float]:
     return texts, time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=48)
@@ -118,12 +119,11 @@ def main() -> None:
                    help="teacher: the sample_teacher stage's few-shot prompts; student: the bare template")
     p.add_argument("--vllm-compile", action="store_true",
                    help="add (d): the vllm backend with the model compiled (sampling.compile=true)")
-    args = p.parse_args()
-    skip = set(filter(None, args.skip.split(",")))
-    models.set_threads(args.threads)
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
-                          vllm_backend.cpu_threads_bind(sorted(os.sched_getaffinity(0))[:args.threads]))
+    return p.parse_args()
 
+
+def load_prompts(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
+    """The model, its tokenizer and ``args.prompts`` TL;DR prompts built as the sampling stage builds them."""
     cfg = load_config("base")
     loaded = pd.DataFrame(data_lib.load_rows(args.data, "auto", "tldr").rows)
     rows = loaded.head(args.prompts)
@@ -141,7 +141,13 @@ def main() -> None:
           f"max_new_tokens {args.max_new_tokens}; greedy", flush=True)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    return model, tokenizer, prompts
 
+
+def run_systems(args: argparse.Namespace, model: Any, tokenizer: Any,
+                prompts: list[str]) -> dict[str, tuple[list[str], float]]:
+    """Each system's outputs and seconds, side by side in this process, by name."""
+    skip = set(filter(None, args.skip.split(",")))
     runs: dict[str, tuple[list[str], float]] = {}
     if "a" not in skip:
         models.cast(model, "float32")
@@ -159,12 +165,15 @@ def main() -> None:
     if vllm_runs and not vllm_backend.installed():
         print(f"{' and '.join(label for label, _ in vllm_runs)} skipped: vllm is not installed (make setup installs it)")
     elif vllm_runs:
-        del model
         model_path = models.resolve_model_path(MODEL, args.cache_dir)
         for label, compiled in vllm_runs:
             name, result = run_vllm(label, model_path, compiled, prompts, args.max_new_tokens, args.threads)
             runs[name] = result
+    return runs
 
+
+def report(runs: dict[str, tuple[list[str], float]], tokenizer: Any, n_prompts: int) -> None:
+    """Throughput of each system and its ratio to (a), with how many outputs match (a)'s."""
     rates = {}
     for name, (texts, seconds) in runs.items():
         tokens = sum(count_tokens(tokenizer, t) for t in texts)
@@ -177,8 +186,17 @@ def main() -> None:
             (pa, ta), (po, to) = rates["(a)"], rates[other]
             same = sum(x == y for x, y in zip(texts["(a)"], texts[other]))
             print(f"ratio {other}/(a): {po / pa:.2f}x prompts/s, {to / ta:.2f}x generated tokens/s; "
-                  f"{same}/{len(prompts)} outputs identical to (a) (bf16 vs float32 greedy)")
+                  f"{same}/{n_prompts} outputs identical to (a) (bf16 vs float32 greedy)")
     print(f"load average {os.getloadavg()[0]:.2f} at end")
+
+
+def main() -> None:
+    args = parse_args()
+    models.set_threads(args.threads)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND",
+                          vllm_backend.cpu_threads_bind(sorted(os.sched_getaffinity(0))[:args.threads]))
+    model, tokenizer, prompts = load_prompts(args)
+    report(run_systems(args, model, tokenizer, prompts), tokenizer, len(prompts))
 
 
 if __name__ == "__main__":
