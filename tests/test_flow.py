@@ -198,7 +198,8 @@ def test_champion_is_kept_unless_a_challenger_beats_it(first_run, tiny):
     challenger = result["promotion"]
     # Independently: the champion re-scored from its copy scores as in its own run; the paired
     # bootstrap of the per-row differences (rows in id order), in float64 numpy.
-    champion_rows, challenger_rows = plad_scores(first_run["artifacts"]["evaluate"]), plad_scores(result["artifacts"]["evaluate"])
+    champion_rows = plad_scores(first_run["artifacts"]["evaluate"])
+    challenger_rows = plad_scores(result["artifacts"]["evaluate"])
     assert list(champion_rows.index) == list(challenger_rows.index) and len(champion_rows) == 4
     diff = (challenger_rows - champion_rows).to_numpy(dtype=np.float64)
     means = diff[np.random.default_rng(7).integers(0, len(diff), size=(500, len(diff)))].mean(axis=1)

@@ -86,7 +86,8 @@ def test_a_registry_of_the_old_schema_gains_the_lineage_columns(tmp_path):
     assert registry.champion(TLDR) is None  # an old champion's data and teacher are unknown: not comparable
     registry.decide_and_record({"promoted": True, "calibrate_key": "k1"}, TLDR, None)
     history = Registry(path).history()
-    assert list(history["calibrate_key"]) == ["k0", "k1"] and list(history["teacher_key"].fillna("-")) == ["-", "teacher1"]
+    assert list(history["calibrate_key"]) == ["k0", "k1"]
+    assert list(history["teacher_key"].fillna("-")) == ["-", "teacher1"]
 
 
 def test_keep_model_copies_the_folder_beside_the_registry(tmp_path):
