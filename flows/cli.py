@@ -126,7 +126,7 @@ def cmd_history(args: argparse.Namespace) -> None:
     frame["recorded_at"] = pd.to_datetime(frame["recorded_at"], unit="s").dt.strftime("%Y-%m-%d %H:%M")
     frame["promoted"] = frame["promoted"].map({1: "yes", 0: "no"})
     columns = ["id", "recorded_at", "config", "run_id", "metric", "challenger_score", "champion_score", "promoted",
-               "reason", "calibrate_key"]
+               "reason", "calibrate_key", "data_key", "teacher_key"]
     with pd.option_context("display.max_colwidth", 80, "display.width", 250):
         print(frame[columns].to_string(index=False))
 

@@ -16,6 +16,7 @@ from plad_core.config import load_config
 from plad_core.models import set_threads
 from plad_core.report.evaluation import results_table
 from plad_core.stages import RUNNERS, check_train_loss, sampling_jobs
+from plad_core.stages.promote import check_promotion
 from tasks import (
     build_pairs,
     calibrate,
@@ -53,6 +54,7 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
         raise ValueError(f"force names unknown stages {unknown}; stages: {list(RUNNERS)}")
     rebuild = set(force or [])
     check_train_loss(cfg)  # before any stage: a bad train.loss would otherwise fail after sampling
+    check_promotion(cfg)  # and promotion settings after the whole run
     if cfg.runner.kind not in RUNNER_KINDS:
         raise ValueError(f"runner.kind='{cfg.runner.kind}' is not one of {', '.join(RUNNER_KINDS)}")
     set_threads(cfg.threads)

@@ -304,8 +304,8 @@ def test_two_concurrent_runs_share_one_artifact_per_key(served):
 
     store = ArtifactStore(root)
     # Beside the stages: evaluate's per-model dev outputs (teacher, SFT and PLaD student), one folder each,
-    # and its judge verdicts (one artifact for all three).
-    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([*STAGES, "dev_outputs", "judgments"])
+    # its judge verdicts (one artifact for all three), and the registry's copy of the champion (models/).
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([*STAGES, "dev_outputs", "judgments", "models"])
     assert len(_committed(root, "dev_outputs")) == 3 and len(_committed(root, "judgments")) == 1
     for stage in STAGES:
         committed = _committed(root, stage)
@@ -318,6 +318,7 @@ def test_two_concurrent_runs_share_one_artifact_per_key(served):
     # Each run recorded its own promotion decision in the shared SQLite registry.
     history = Registry(root / "registry.sqlite").history()
     assert sorted(history["run_id"]) == sorted(str(i) for i in run_ids)
+    assert sorted(history["promoted"]) == [0, 1]  # one champion: the other run decided after it, in its own transaction
 
 
 def test_build_deployments_defaults():

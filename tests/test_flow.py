@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -27,6 +28,7 @@ from plad_core.stages import (
     run_score_pairs,
     run_stage,
 )
+from plad_core.stages.promote import check_promotion
 from plad_core.training.batches import collate, encode_pairs
 from plad_core.training.logprobs import sequence_logprobs
 from plad_core.training.reference_scores import SCORERS, SCORES_SCHEMA
@@ -167,21 +169,67 @@ def test_a_config_change_rebuilds_that_stage_and_downstream_only(first_run, tiny
     assert dpo["score_pairs"] == ipo["score_pairs"] and dpo["calibrate"] != ipo["calibrate"]
 
 
+def plad_scores(evaluate, metric="rougeL"):
+    """One evaluation's per-row PLaD scores, by dev row id."""
+    generations = pd.read_parquet(Path(evaluate) / "generations.parquet")
+    return generations[generations["system"] == "plad"].set_index("id")[metric].sort_index()
+
+
 @pytest.mark.slow
 def test_champion_is_kept_unless_a_challenger_beats_it(first_run, tiny):
     root, overrides = tiny
     assert first_run["promotion"]["promoted"] and first_run["promotion"]["reason"] == "no champion yet"
+    # The champion's model is the registry's own copy, beside it: the store's calibrate artifact can go.
+    calibrate = Path(first_run["artifacts"]["calibrate"])
+    kept = root / "artifacts" / "models" / calibrate.name
+    assert first_run["promotion"]["model_path"] == str(kept)
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in (calibrate / "model").iterdir())
+    assert (kept / "model.safetensors").read_bytes() == (calibrate / "model" / "model.safetensors").read_bytes()
     same = distill(config="tldr", overrides=overrides)["promotion"]
     assert not same["promoted"] and same["reason"] == "same model as the champion"
-    challenger = distill(config="tldr", overrides=overrides + ["train.optim.lr=0.01"])["promotion"]
-    assert challenger["promoted"] == (challenger["ci_low"] > 0)
-    assert challenger["ci_low"] <= challenger["difference"] <= challenger["ci_high"]
+
+    aside = calibrate.with_name(calibrate.name + ".aside")
+    calibrate.rename(aside)
+    try:
+        result = distill(config="tldr", overrides=overrides + ["train.optim.lr=0.01", "promotion.seed=7",
+                                                                "promotion.n_resamples=500"])
+    finally:
+        aside.rename(calibrate)
+    challenger = result["promotion"]
+    # Independently: the champion re-scored from its copy scores as in its own run; the paired
+    # bootstrap of the per-row differences (rows in id order), in float64 numpy.
+    champion_rows = plad_scores(first_run["artifacts"]["evaluate"])
+    challenger_rows = plad_scores(result["artifacts"]["evaluate"])
+    assert list(champion_rows.index) == list(challenger_rows.index) and len(champion_rows) == 4
+    diff = (challenger_rows - champion_rows).to_numpy(dtype=np.float64)
+    means = diff[np.random.default_rng(7).integers(0, len(diff), size=(500, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    assert challenger["champion_score"] == pytest.approx(champion_rows.mean(), abs=1e-12)
+    assert challenger["challenger_score"] == pytest.approx(challenger_rows.mean(), abs=1e-12)
+    assert challenger["difference"] == pytest.approx(diff.mean(), abs=1e-12)
+    assert (challenger["ci_low"], challenger["ci_high"]) == pytest.approx((low, high), abs=1e-12)
+    assert challenger["promoted"] == bool(low > 0)
     out = subprocess.run([sys.executable, "-m", "flows.cli", "history", "--config", "tldr", *overrides],
                          capture_output=True, text=True, check=True).stdout
     lines = out.strip().splitlines()
     assert "no champion yet" in lines[1] and "yes" in lines[1]          # first run: the first champion
     assert all("same model as the champion" in line for line in lines[2:-1])  # reruns of the same model
     assert ("yes" if challenger["promoted"] else "no") in lines[-1] and "the champion" in lines[-1]
+    assert Path(first_run["artifacts"]["prepare_data"]).name in lines[-1]  # its lineage's data key
+
+
+def test_promotion_settings_that_cannot_promote_fail_before_any_stage(harness, tmp_path):
+    overrides = tiny_overrides(tmp_path, tmp_path / "no-teacher")
+    for extra, message in ((["eval.systems=[teacher,sft]"], "promotion.enabled=true compares the PLaD student, but "
+                            "eval.systems=\\['teacher', 'sft'\\] does not evaluate it"),
+                           (["data.n_dev=0"], "promotion.enabled=true compares students on the dev split, but "
+                            "data.n_dev=0")):
+        with pytest.raises(ValueError, match=message):
+            check_promotion(load_config("tldr", overrides + extra))
+        with pytest.raises(ValueError, match=message):
+            distill(config="tldr", overrides=overrides + extra)
+        assert not (tmp_path / "artifacts").exists()
+        check_promotion(load_config("tldr", overrides + extra + ["promotion.enabled=false"]))  # off: nothing to check
 
 
 @pytest.mark.slow
@@ -265,7 +313,7 @@ def test_stored_scores_equal_sequence_logprobs_recomputed(first_run, tiny):
 
 def test_an_unknown_loss_fails_before_any_stage_and_lists_the_valid_ones(harness, tmp_path):
     overrides = tiny_overrides(tmp_path, tmp_path / "no-teacher")
-    with pytest.raises(ValueError, match="train.loss='dpo2' is not a known loss; choose one of ranking, margin, "
+    with pytest.raises(ValueError, match="train.loss='dpo2' is not one of: ranking, margin, "
                                          "simpo, cpo_hinge, dpo, ipo, dpkd, seqkd, token_kd"):
         distill(config="tldr", overrides=overrides + ["train.loss=dpo2"])
     assert not (tmp_path / "artifacts").exists()
