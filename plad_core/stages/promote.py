@@ -13,13 +13,13 @@ from omegaconf import DictConfig
 
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.config import ConfigError
+from plad_core.config import ConfigError, config_slice
 from plad_core.models import MODEL_DIR
 from plad_core.registry import Lineage, Registry, promotion_decision, registry_path
 from plad_core.sampling import openai_api
 from plad_core.stages.evaluate import dev_generations
 from plad_core.stages.inputs import read_split
-from plad_core.stages.keys import api_identity, teacher_identity
+from plad_core.stages.keys import DATA_SLICE, api_identity, teacher_identity
 
 log = logging.getLogger("plad.stages")
 
@@ -44,13 +44,22 @@ def check_promotion(cfg: DictConfig) -> None:
 
 
 def promotion_lineage(cfg: DictConfig, data: Artifact) -> Lineage:
-    """Runs compete only with the same config name, data (``prepare_data``'s key: its slice and file
-    sha256) and teacher (its weights' identity, or an API's endpoint and served name)."""
+    """Runs compete only with the same config name, data settings and teacher (its weights' identity,
+    or an API's endpoint and served name).
+
+    The data identity is the data settings (task, path, split sizes and salt), not the file's content:
+    a nightly run on a file with new rows must meet the champion, and since a row's split never
+    changes when rows are appended (``data.split_rows``), the champion is re-scored on dev rows it
+    never trained on.
+    """
     sp = cfg.teacher.sampling
     teacher = (api_identity(openai_api.ApiSettings.from_config(sp.api).check("teacher.sampling.api"))
                if sp.backend == "openai" else teacher_identity(cfg))
-    digest = hashlib.sha256(json.dumps(teacher, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return Lineage(cfg.name, data.key, digest)
+    return Lineage(cfg.name, _digest(config_slice(cfg, DATA_SLICE)), _digest(teacher))
+
+
+def _digest(identity: Any) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _rescore_champion(cfg: DictConfig, data: Artifact, champion: dict[str, Any], ids: list[str]) -> list[float]:
