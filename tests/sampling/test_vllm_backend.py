@@ -79,7 +79,8 @@ def test_compile_is_resolved_per_device_and_an_hf_key_ignores_it(monkeypatch, tm
     sampling = lambda backend, setting: _compile_sampling(tmp_path, backend, setting)  # noqa: E731
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert [vllm_backend.resolve_compile(s, "x") for s in ("auto", "false", "True", "FALSE")] == [False, False, True, False]
-    with pytest.raises(ValueError, match=r"^teacher.sampling.compile='sometimes' is not one of auto, true, false$"):
+    with pytest.raises(ValueError, match=r"override 'teacher.sampling.compile=sometimes': teacher.sampling.compile='sometimes' is not one of: "
+                                         r"auto, true, false$"):
         sampling("hf", "sometimes")
     hf_keys = [sampling("hf", c).config for c in ("auto", "true", "false")]
     assert hf_keys[0] == hf_keys[1] == hf_keys[2] and "compile" not in hf_keys[0]["teacher.sampling"]
