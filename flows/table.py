@@ -10,7 +10,7 @@ from prefect import flow
 import tasks
 from flows.publish import publish_summary
 from plad_core.artifacts import Artifact
-from plad_core.experiments.table import load_experiment, tuning_experiment
+from plad_core.experiments.table import load_experiment, tuning_choice, tuning_experiment
 from plad_core.experiments.table_run import STEPS, run_table
 
 TASKS = {name: getattr(tasks, name) for name in STEPS}  # one Prefect task per step, same names as plad_core's
@@ -30,11 +30,17 @@ def distill_table(experiment: str = "tldr_table", overrides: Optional[list[str]]
     Args:
         experiment: a name under conf/experiments/ (tldr_table) or a YAML path.
         overrides: OmegaConf dotlist applied to every run, after the experiment's own.
-        tune: run the experiment's dev-only tuning grid instead (one table row per grid point).
+        tune: run the experiment's dev-only tuning grid instead (one table row per grid point); the
+            result's ``chosen`` is the grid point with the highest dev ROUGE-L, read from that artifact.
     """
     exp = load_experiment(experiment)
+    table = tuning_experiment(exp) if tune else exp
+    result = run_table(table, overrides, task_step)
+    publish_summary("distill-table", table.name, result)
+    out = {"experiment": table.name, "artifact": str(result.path), "stats": result.manifest["stats"]}
     if tune:
-        exp = tuning_experiment(exp)
-    result = run_table(exp, overrides, task_step)
-    publish_summary("distill-table", exp.name, result)
-    return {"experiment": exp.name, "artifact": str(result.path), "stats": result.manifest["stats"]}
+        best, values = tuning_choice(exp, result.manifest["stats"]["rougeL"])
+        out["chosen"] = {"point": best, "values": values}
+        print(f"highest dev ROUGE-L: {best}; copy {' '.join(f'{k}={v}' for k, v in values.items())} into the "
+              f"overrides of {exp.tuning.system} (and tuning.chosen) in the experiment file")
+    return out

@@ -92,6 +92,7 @@ CHOICES = {
                             "constant_with_warmup", "inverse_sqrt") for node in ("sft", "train.optim")},
     "train.loss": ("ranking", "margin", "simpo", "cpo_hinge", "dpo", "ipo", "dpkd", "seqkd", "token_kd"),
     "train.kd_divergence": ("forward_kl", "jsd"),
+    "pairs.truncated": ("drop", "keep"),
     "train.pair_forward": ("shared_prefix", "concatenated"),
     "train.best_metric": ("eval_loss", "eval_pair_accuracy", "eval_margin"),
     "train.best_mode": ("min", "max"),

@@ -3,6 +3,7 @@ whole tiny table (2 trained systems x 2 seeds) through the flow."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -14,11 +15,14 @@ from plad_core.artifacts import MANIFEST, ArtifactStore
 from plad_core.config import ConfigError, load_config
 from plad_core.evaluation.judge import pair_outcomes
 from plad_core.evaluation.metrics import repeated_ngram_share
+from plad_core.experiments.files import experiment_path
 from plad_core.experiments.table import (
     TableExperiment,
     TableSystem,
+    Tuning,
     load_experiment,
     run_overrides,
+    tuning_choice,
     tuning_experiment,
 )
 from plad_core.experiments.table_data import EvalPoint
@@ -33,23 +37,28 @@ from plad_core.report.text import ci_text
 
 # --- the experiment files ---------------------------------------------------------------------------
 
+def _overrides(system):
+    return dict(o.split("=", 1) for o in system.overrides)
+
+
 def test_shipped_experiments_load_and_their_tuning_grid_expands():
     exp = load_experiment("tldr_table")
     assert [s.name for s in exp.systems] == ["SeqKD", "token KD", "DPKD", "PLaD-ranking", "PLaD-margin"]
     assert exp.seeds == [0, 1, 2] and exp.config == "demo"
     losses = [load_config(exp.config, run_overrides(exp, s, 2)).train for s in exp.systems]
     assert [t.loss for t in losses] == ["seqkd", "token_kd", "dpkd", "ranking", "margin"]
-    assert {t.optim.seed for t in losses} == {2} and losses[2].beta == 0.1
+    assert {t.optim.seed for t in losses} == {2} and losses[2].beta == float(_overrides(exp.systems[2])["train.beta"])
 
     tuning = tuning_experiment(exp)
-    assert len(tuning.systems) == 2 * 2 * 2 and tuning.seeds == [0]
+    grid = exp.tuning.grid
+    assert len(tuning.systems) == math.prod(len(v) for v in grid.values()) and tuning.seeds == [exp.tuning.seed]
     assert tuning.overrides[-2:] == ["eval.calibration_samples=0", "eval.judge.enabled=false"]
-    assert tuning.systems[0].name == "beta=0.5 nll_weight=0.0 lr=1e-05"
+    assert tuning.systems[0].name == " ".join(f"{k.rsplit('.', 1)[-1]}={v[0]}" for k, v in grid.items())
     cfg = load_config(tuning.config, run_overrides(tuning, tuning.systems[-1], 0))
-    assert (cfg.train.loss, cfg.train.beta, cfg.train.nll_weight, cfg.train.optim.lr) == ("ranking", 1.0, 0.1, 3e-5)
-    # the tuning result: one dev ROUGE-L per grid point, and the chosen point is what both PLaD systems train with
-    assert set(exp.tuning.results) == {s.name for s in tuning.systems}
-    assert max(exp.tuning.results, key=exp.tuning.results.get) == "beta=0.5 nll_weight=0.1 lr=3e-05"
+    assert cfg.train.loss == "ranking"
+    assert [OmegaConf.select(cfg, k) for k in grid] == [v[-1] for v in grid.values()]
+    # the file holds config only: no results, and both PLaD systems train with the chosen point
+    assert not {"status", "results"} & set(OmegaConf.load(experiment_path("tldr_table"))["tuning"])
     for plad in losses[3:]:
         assert {k: OmegaConf.select(OmegaConf.create({"train": plad}), k) for k in exp.tuning.chosen} == exp.tuning.chosen
 
@@ -74,6 +83,16 @@ def test_bad_experiment_files_fail_naming_the_file_and_the_system(tmp_path, syst
 
 
 # --- the numbers, by hand ---------------------------------------------------------------------------
+
+def test_tuning_choice_is_the_highest_rouge_l_point_and_needs_every_point():
+    exp = TableExperiment(systems=[TableSystem("P", ["train.loss=ranking"])],
+                          tuning=Tuning("P", {"train.beta": [0.5, 1.0], "train.optim.lr": [1e-5, 3e-5]}))
+    scores = {"beta=0.5 lr=1e-05": 10.0, "beta=0.5 lr=3e-05": 9.0, "beta=1.0 lr=1e-05": 12.5,
+              "beta=1.0 lr=3e-05": 12.0, "teacher": 20.0, "sft": 13.0}  # fixed systems are not grid points
+    assert tuning_choice(exp, scores) == ("beta=1.0 lr=1e-05", {"train.beta": 1.0, "train.optim.lr": 1e-5})
+    with pytest.raises(ValueError, match=r"no ROUGE-L for grid points \['beta=1.0 lr=3e-05'\]"):
+        tuning_choice(exp, {k: v for k, v in scores.items() if k != "beta=1.0 lr=3e-05"})
+
 
 def test_seed_mean_averages_each_dev_row_over_the_seeds():
     rows = pd.DataFrame({"system": ["A@0", "A@0", "A@1", "A@1", "sft", "sft"], "id": ["r1", "r2"] * 3,
@@ -235,3 +254,42 @@ def test_table_judges_calibrates_and_reads_training_and_pairs(tiny_table):
     assert "## Discussion" in report and "Is the teacher's output really better?" in report
     assert "Length and repetition" in report
     assert (folder / "report.html").read_text().count('<img src="data:image/png;base64,') == 1
+
+
+# --- a tiny tuning grid through the flow: its artifact is the record --------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_tuning(tiny_table, tmp_path_factory):
+    """The tiny table's experiment with a 2-point grid, tuned in a copy of its store (the shared stages reused)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.table import distill_table
+
+    root, _, _ = tiny_table
+    copy = tmp_path_factory.mktemp("tuning")
+    shutil.copytree(root / "artifacts", copy / "artifacts")
+    exp = OmegaConf.load(root / "tiny_table.yaml")
+    exp.overrides.append(f"artifacts_root={copy / 'artifacts'}")
+    exp.tuning = {"system": "PLaD-ranking", "grid": {"train.beta": [0.5, 2.0]}, "seed": 0}
+    OmegaConf.save(exp, copy / "tiny_table.yaml")
+    with prefect_test_harness(server_startup_timeout=120):
+        tuned = distill_table(experiment=str(copy / "tiny_table.yaml"), tune=True)
+    return copy, tuned
+
+
+@pytest.mark.slow
+def test_tuning_records_every_points_dev_rouge_l_and_chooses_the_highest(tiny_tuning):
+    root, tuned = tiny_tuning
+    store = ArtifactStore(root / "artifacts")
+    result = json.loads((Path(tuned["artifact"]) / "table.json").read_text())
+    assert tuned["experiment"] == "tiny_table_tuning"
+    assert [(r["system"], r["seed"]) for r in result["runs"]] == [("beta=0.5", 0), ("beta=2.0", 0)]
+    # each point's dev ROUGE-L recomputed from its generations, and the winner from those
+    rouge_l = {r["system"]: 100 * pd.read_parquet(store.path("dev_outputs", r["dev_outputs_key"])
+                                                  / "generations.parquet")["rougeL"].mean() for r in result["runs"]}
+    manifest = json.loads((Path(tuned["artifact"]) / MANIFEST).read_text())
+    for point, value in rouge_l.items():
+        assert manifest["stats"]["rougeL"][point] == pytest.approx(value, abs=0.01)
+    chosen = tuned["chosen"]["point"]
+    assert rouge_l[chosen] == pytest.approx(max(rouge_l.values()), abs=0.01)  # the highest (ties: within rounding)
+    assert tuned["chosen"]["values"] == {"train.beta": float(chosen.split("=")[1])}

@@ -41,6 +41,8 @@ def tiny_overrides(root: Path, teacher: Path, data: Path = TLDR) -> list[str]:
             "teacher.sampling.max_new_tokens=8", "student.sampling.max_new_tokens=8", "eval.max_new_tokens=8",
             "teacher.sampling.shard_size=4", "teacher.sampling.stop=[]", "student.sampling.stop=[]",
             "sft.batch_size=2", "train.optim.batch_size=2",
+            # random-init models never emit EOS, so every 8-token output is cut: keep (not drop) those pairs
+            "pairs.truncated=keep",
             # not auto's vllm: these models' 16-wide attention heads are below vLLM's CPU kernels' minimum
             # of 32, and an engine start would outlast the whole run (tests/test_vllm_backend.py runs vLLM)
             "teacher.sampling.backend=hf", "student.sampling.backend=hf"]

@@ -145,6 +145,7 @@ class StudentConfig:
 class PairsConfig:
     min_chars: int = _f(1, ge=0)
     unlabeled_fraction: float = _f(1.0, **PROBABILITY)
+    truncated: str = _f("drop", choices=("drop", "keep"))  # plad_core.pairs.TRUNCATED
 
 
 @dataclass

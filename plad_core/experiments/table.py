@@ -20,7 +20,11 @@ is against the former. ``plad_core.experiments.table_run.run_table``:
 
 Trained systems are summarised by per-row metrics averaged over seeds, with 95% bootstrap CIs over
 dev rows; the per-seed numbers are in table.json and the report. ``tuning_experiment`` turns the
-experiment's ``tuning`` grid into a table of its own (one seed, no judge, no calibration sampling).
+experiment's ``tuning`` grid into a table of its own (one seed, no judge, no calibration sampling):
+that tuning table's artifact is the record of the grid's results, and ``tuning_choice`` reads its
+winner. The experiment file holds config only: the winner's values are copied into the tuned
+systems' overrides (and ``tuning.chosen``) by hand, so a table never depends on which tuning
+artifacts a store happens to hold.
 """
 
 from __future__ import annotations
@@ -47,13 +51,11 @@ class TableSystem:
 
 @dataclass
 class Tuning:
-    """A dev-only grid for one system (``plad table --tune``), and what it found once run."""
+    """A dev-only grid for one system (``plad table --tune``); its results live in the tuning artifact."""
     system: str = ""                                        # the tuned system: its overrides, then each grid point's
     grid: dict[str, list[Any]] = field(default_factory=dict)  # train.* key -> values (every combination runs)
     seed: int = 0
-    status: str = "not run yet"
-    results: dict[str, float] = field(default_factory=dict)  # grid point -> dev ROUGE-L, once run
-    chosen: dict[str, Any] = field(default_factory=dict)     # the values taken into the system's overrides
+    chosen: dict[str, Any] = field(default_factory=dict)     # the values copied into the systems' overrides
 
 
 @dataclass
@@ -108,6 +110,24 @@ def _point_label(keys: list[str], values: tuple[Any, ...]) -> str:
     return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values))
 
 
+def grid_points(tuning: Tuning) -> dict[str, dict[str, Any]]:
+    """Each grid point's label (its tuning-table system name) -> its values, in grid order."""
+    keys = list(tuning.grid)
+    return {_point_label(keys, values): dict(zip(keys, values))
+            for values in itertools.product(*(tuning.grid[k] for k in keys))}
+
+
+def tuning_choice(exp: TableExperiment, rouge_l: dict[str, float]) -> tuple[str, dict[str, Any]]:
+    """The grid point with the highest dev ROUGE-L in a tuning artifact's ``rouge_l`` (its manifest's
+    stats ``rougeL``: system -> ROUGE-L), and its values: what to copy into the tuned systems' overrides."""
+    points = grid_points(exp.tuning)
+    missing = sorted(set(points) - set(rouge_l))
+    if missing:
+        raise ValueError(f"experiment {exp.name}: the tuning artifact has no ROUGE-L for grid points {missing}")
+    best = max(points, key=lambda label: rouge_l[label])
+    return best, points[best]
+
+
 def tuning_experiment(exp: TableExperiment) -> TableExperiment:
     """The experiment's tuning grid as a table: one system per grid point (the tuned system's overrides,
     then the point's), ``tuning.seed`` only, without calibration sampling or judge (ROUGE-L decides)."""
@@ -115,9 +135,8 @@ def tuning_experiment(exp: TableExperiment) -> TableExperiment:
     if not t.grid:
         raise ConfigError(f"experiment {exp.name}: no tuning.grid to run")
     tuned = next(s for s in exp.systems if s.name == t.system)
-    keys = list(t.grid)
-    systems = [TableSystem(_point_label(keys, values), [*tuned.overrides, *(f"{k}={v}" for k, v in zip(keys, values))])
-               for values in itertools.product(*(t.grid[k] for k in keys))]
+    systems = [TableSystem(label, [*tuned.overrides, *(f"{k}={v}" for k, v in point.items())])
+               for label, point in grid_points(t).items()]
     return check_experiment(TableExperiment(
         name=f"{exp.name}_tuning", config=exp.config, seeds=[t.seed], systems=systems,
         overrides=[*exp.overrides, "eval.calibration_samples=0", "eval.judge.enabled=false"]), f"{exp.name} tuning")

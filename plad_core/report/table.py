@@ -159,11 +159,9 @@ def _training_section(result: Result) -> list[Block]:
 def _tuning_section(exp: Experiment) -> list[Block]:
     t = exp.tuning
     blocks: list[Block] = [Heading("Tuning (dev only)"), Para(
-        f"Status: {t.status}. " + (f"Grid for {t.system}: " + "; ".join(f"{k} ∈ {v}" for k, v in t.grid.items()) + "."
-                                   if t.grid else "No grid.")
+        (f"Grid for {t.system}: " + "; ".join(f"{k} ∈ {v}" for k, v in t.grid.items()) + "."
+         + " Its results are the tuning table's own artifact (`plad table --tune`)." if t.grid else "No grid.")
         + (f" Chosen: {', '.join(f'{k}={v}' for k, v in t.chosen.items())}." if t.chosen else ""))]
-    if t.results:
-        blocks.append(Table(["grid point", "dev ROUGE-L"], [[k, f"{v:.2f}"] for k, v in t.results.items()]))
     return blocks
 
 

@@ -24,7 +24,7 @@ from plad_core.training import reference_scores
 from plad_core.training.batches import encode_pairs
 from plad_core.training.calibrate import check_teacher_tokenizer
 
-BUILD_PAIRS_VERSION = 1
+BUILD_PAIRS_VERSION = 2  # 2: finish reasons in pairs.parquet, pairs.truncated
 SCORE_PAIRS_VERSION = 1
 
 
@@ -44,12 +44,24 @@ def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teach
         used = set(unlabeled["id"])
         teacher, student = (pd.read_parquet(a.file("samples.parquet")) for a in (teacher_samples, student_samples))
         pairs, stats = build_pairs(teacher[teacher["id"].isin(used)], student[student["id"].isin(used)],
-                                   dict(zip(unlabeled["id"], unlabeled["reference"])), cfg.pairs.min_chars)
+                                   dict(zip(unlabeled["id"], unlabeled["reference"])), cfg.pairs.min_chars,
+                                   cfg.pairs.truncated)
+        check_not_all_truncated(stats)
         pq.write_table(pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False), out / "pairs.parquet")
         return {**stats, "rows": len(pairs), "unlabeled_prompts": len(unlabeled)}
 
     return materialize(store, "build_pairs", BUILD_PAIRS_VERSION, config, [data, teacher_samples, student_samples],
                        build, force)
+
+
+def check_not_all_truncated(stats: dict[str, Any]) -> None:
+    """A clear error when ``pairs.truncated=drop`` left no pair at all (nothing to train on)."""
+    if stats["pairs"] == 0 and stats["dropped_truncated"] > 0:
+        t = stats["truncated"]
+        raise ValueError(f"build_pairs: every pair was dropped because a side was cut at max_new_tokens "
+                         f"({t['chosen']['dropped']} teacher and {t['rejected']['dropped']} student outputs cut): "
+                         "raise teacher.sampling.max_new_tokens / student.sampling.max_new_tokens, or set "
+                         "pairs.truncated=keep to train on them without an EOS")
 
 
 def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,

@@ -1,6 +1,8 @@
 """Token encoding and batches: plain and pair sequences, length-grouped batches, the held-out split.
 
 Sequences are ``prompt + " " + completion + EOS``; only completion tokens (EOS included) are scored.
+A completion its model did not end (cut at max_new_tokens, ``finish_reason`` "length", kept by
+``pairs.truncated=keep``) gets no EOS: its tokens are its text's only.
 pandas and omegaconf appear only in annotations: the token-level helpers here serve torch-only callers
 (``bench/train.py --mfu``).
 """
@@ -29,13 +31,15 @@ class Encoded:
     n_prompt: int  # the first n_prompt tokens are context, the rest is scored
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str | None, max_len: int) -> Encoded:
-    """Token ids of prompt and completion; the prompt is cut from the left when the pair is too long."""
+def encode(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str | None, max_len: int,
+           eos: bool = True) -> Encoded:
+    """Token ids of prompt and completion (and EOS when ``eos``); the prompt is cut from the left when
+    the pair is too long, and at least one prompt token is kept."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if completion is None:
         return Encoded(prompt_ids[:max_len], 0)
     completion_ids = tokenizer(" " + completion.strip(), add_special_tokens=False)["input_ids"]
-    completion_ids = completion_ids[:max_len - 2] + [tokenizer.eos_token_id]
+    completion_ids = completion_ids[:max_len - 2] + [tokenizer.eos_token_id] if eos else completion_ids[:max_len - 1]
     prompt_ids = prompt_ids[-(max_len - len(completion_ids)):]
     return Encoded(prompt_ids + completion_ids, len(prompt_ids))
 
@@ -99,24 +103,29 @@ def padding(batch: Any) -> tuple[float, float]:
 
 
 def encode_pair(tokenizer: PreTrainedTokenizerBase, prompt: str, chosen: str, rejected: str,
-                max_len: int) -> tuple[Encoded, Encoded]:
+                max_len: int, chosen_eos: bool = True, rejected_eos: bool = True) -> tuple[Encoded, Encoded]:
     """``encode`` of both sides with one shared prompt: where the prompt must be cut, both keep the
     prompt tokens that fit beside the longer completion (as TRL does), so the pair shares its prompt
     tokens exactly; otherwise each side is exactly ``encode``'s."""
-    c, r = encode(tokenizer, prompt, chosen, max_len), encode(tokenizer, prompt, rejected, max_len)
+    c = encode(tokenizer, prompt, chosen, max_len, chosen_eos)
+    r = encode(tokenizer, prompt, rejected, max_len, rejected_eos)
     n = min(c.n_prompt, r.n_prompt)  # both prompts are suffixes of the same prompt tokens
     return Encoded(c.ids[c.n_prompt - n:], n), Encoded(r.ids[r.n_prompt - n:], n)
 
 
 def encode_pairs(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase,
                  max_seq_len: int) -> list[tuple[Encoded, Encoded]]:
-    """(prompt + chosen, prompt + rejected) token ids of each pair, as training sees them."""
-    return [encode_pair(tokenizer, p, c, r, max_seq_len)
-            for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"])]
+    """(prompt + chosen, prompt + rejected) token ids of each pair, as training sees them: a side whose
+    finish reason is "length" (cut at max_new_tokens) without EOS."""
+    ended = {side: ~(frame[f"{side}_finish_reason"] == "length") if f"{side}_finish_reason" in frame
+             else [True] * len(frame) for side in ("chosen", "rejected")}
+    return [encode_pair(tokenizer, p, c, r, max_seq_len, bool(ce), bool(re))
+            for p, c, r, ce, re in zip(frame["prompt"], frame["chosen"], frame["rejected"],
+                                       ended["chosen"], ended["rejected"])]
 
 
 def scored_tokens(encoded: Encoded) -> int:
-    """How many tokens of ``encoded`` are scored (``collate``'s score_mask): the completion and its EOS."""
+    """How many tokens of ``encoded`` are scored (``collate``'s score_mask): the completion and its EOS, if any."""
     return len(encoded.ids) - max(encoded.n_prompt, 1)
 
 

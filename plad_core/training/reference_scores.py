@@ -24,7 +24,7 @@ from plad_core.training.logprobs import sequence_logprobs
 SCORES_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),                    # the pair's keys in pairs.parquet
     pa.field("sample_index", pa.int32(), nullable=False),
-    pa.field("chosen_scored_tokens", pa.int32(), nullable=False),   # |y_T| in the student's tokens, EOS included
+    pa.field("chosen_scored_tokens", pa.int32(), nullable=False),   # |y_T| in the student's tokens, EOS included (none if cut)
     pa.field("rejected_scored_tokens", pa.int32(), nullable=False),  # |y_S|, the same
     # summed log-probs log π(y | x) of those tokens; null where the configured train.loss does not need them
     pa.field("reference_chosen_logp", pa.float64()),   # under the SFT student (DPO / IPO reference policy)

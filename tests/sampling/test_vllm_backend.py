@@ -2,6 +2,7 @@
 ``auto`` resolution and artifact keys, and a whole flow run sampled with vLLM."""
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from plad_core.sampling.shards import sample_sharded
 from plad_core.stages import sampling as stage_sampling
 from pickle_model import make_bin_only_model
 
-needs_vllm = pytest.mark.skipif(not vllm_backend.installed(), reason="vllm is not installed (make setup installs it)")
+# Tests that need vLLM say so and skip visibly where it is not installed; in CI (CI set), where
+# `make setup` installs it, they run and a missing vLLM fails them instead of skipping.
+needs_vllm = pytest.mark.skipif(not vllm_backend.installed() and not os.environ.get("CI"),
+                                reason="vllm is not installed (make setup installs it; in CI this fails)")
 PROMPTS = ["SUBREDDIT: r/cats\n\nTITLE: my cat\n\nPOST: it sat on the mat all day\n\nTL;DR:",
            "SUBREDDIT: r/tifu\n\nTITLE: tifu by oversleeping\n\nPOST: I missed the exam\n\nTL;DR:", "hello"]
 # vLLM's CPU attention kernels need a head size of at least 32: 128 hidden / 4 heads
@@ -45,36 +49,50 @@ def test_cpu_threads_bind_lists_ranges():
     assert vllm_backend.cpu_threads_bind([3]) == "3"
 
 
+def _teacher_key(folder: Path, backend: str) -> dict:
+    """The sample_teacher key config for ``backend`` (the key reads the folder's files; no model loads)."""
+    return stage_sampling._sampling(load_config("base", [f"teacher.model={folder}", f"teacher.sampling.backend={backend}"]),
+                                    "sample_teacher", None).config
+
+
+def _compile_sampling(folder: Path, backend: str, setting: str) -> stage_sampling._Sampling:
+    return stage_sampling._sampling(load_config("base", [f"teacher.model={folder}", f"teacher.sampling.backend={backend}",
+                                                 f"teacher.sampling.compile={setting}"]), "sample_teacher", None)
+
+
 def test_auto_is_keyed_by_the_backend_it_resolves_to(monkeypatch, tmp_path):
-    teacher = str(tmp_path)  # the key reads the folder's files; the model is never loaded here
-    config = lambda backend: stage_sampling._sampling(  # noqa: E731
-        load_config("base", [f"teacher.model={teacher}", f"teacher.sampling.backend={backend}"]), "sample_teacher",
-        None).config
+    config = lambda backend: _teacher_key(tmp_path, backend)  # noqa: E731
     monkeypatch.setitem(sys.modules, "vllm", None)
     assert config("auto") == config("hf")  # hf keys are what they were before auto existed
     assert "backend" not in config("auto")["teacher.sampling"]
-    monkeypatch.delitem(sys.modules, "vllm")
-    if vllm_backend.installed():
-        assert config("auto") == config("vllm") != config("hf")
-        assert config("vllm")["teacher.sampling"]["backend"] == "vllm"
-        assert "batch_size" not in config("vllm")["teacher.sampling"]  # hf's batching is not vLLM's
 
 
-def test_compile_is_resolved_per_device_and_only_a_compiled_engine_is_keyed_apart(monkeypatch, tmp_path):
-    def sampling(backend: str, setting: str) -> stage_sampling._Sampling:
-        return stage_sampling._sampling(load_config("base", [f"teacher.model={tmp_path}", f"teacher.sampling.backend={backend}",
-                                                     f"teacher.sampling.compile={setting}"]), "sample_teacher", None)
+@needs_vllm
+def test_auto_resolves_to_vllm_where_it_is_installed_and_is_keyed_as_vllm(tmp_path):
+    assert vllm_backend.installed(), "vllm is not installed: make setup installs it"
+    assert _teacher_key(tmp_path, "auto") == _teacher_key(tmp_path, "vllm") != _teacher_key(tmp_path, "hf")
+    assert _teacher_key(tmp_path, "vllm")["teacher.sampling"]["backend"] == "vllm"
+    assert "batch_size" not in _teacher_key(tmp_path, "vllm")["teacher.sampling"]  # hf's batching is not vLLM's
 
+
+def test_compile_is_resolved_per_device_and_an_hf_key_ignores_it(monkeypatch, tmp_path):
+    sampling = lambda backend, setting: _compile_sampling(tmp_path, backend, setting)  # noqa: E731
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert [vllm_backend.resolve_compile(s, "x") for s in ("auto", "false", "True", "FALSE")] == [False, False, True, False]
-    with pytest.raises(ValueError, match=r"^teacher.sampling.compile='sometimes' is not one of auto, true, false$"):
+    with pytest.raises(ValueError, match=r"override 'teacher.sampling.compile=sometimes': teacher.sampling.compile='sometimes' is not one of: "
+                                         r"auto, true, false$"):
         sampling("hf", "sometimes")
     hf_keys = [sampling("hf", c).config for c in ("auto", "true", "false")]
     assert hf_keys[0] == hf_keys[1] == hf_keys[2] and "compile" not in hf_keys[0]["teacher.sampling"]
     assert vllm_backend.engine_environment(cuda=True) == {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert vllm_backend.engine_environment(cuda=False)["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    if not vllm_backend.installed():
-        return
+
+
+@needs_vllm
+def test_a_vllm_engine_compiles_on_a_gpu_by_default_and_only_a_compiled_one_is_keyed_apart(monkeypatch, tmp_path):
+    assert vllm_backend.installed(), "vllm is not installed: make setup installs it"
+    sampling = lambda backend, setting: _compile_sampling(tmp_path, backend, setting)  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     eager, compiled = sampling("vllm", "auto"), sampling("vllm", "true")
     assert not eager.spec.compile and compiled.spec.compile
     assert "compile" not in eager.config["teacher.sampling"]  # an eager engine keeps the key it had before
