@@ -158,14 +158,21 @@ class _Package:
         node = m.defs[name]
         local = self._imports(node, module, m.is_package)
         found: set[Unit] = {self._resolve(t) for t in local.values()}
+        seen_as_attribute: set[int] = set()
         for n in _nodes(node, skip_annotations=True):
-            ident = n.id if isinstance(n, ast.Name) else None
-            if ident is None:
+            # ``keys.materialize`` with ``keys`` a stages module: that definition, not the whole module
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name):
+                bound = m.bindings.get(n.value.id)
+                if bound and not bound[1] and bound[0].startswith(FINE_PACKAGE):
+                    found.add(self._resolve((bound[0], n.attr)))
+                    seen_as_attribute.add(id(n.value))
+        for n in _nodes(node, skip_annotations=True):
+            if not isinstance(n, ast.Name) or id(n) in seen_as_attribute:
                 continue
-            if ident in m.defs and ident != name:
-                found.add((module, ident))
-            elif ident in m.bindings:
-                found.add(self._resolve(m.bindings[ident]))
+            if n.id in m.defs and n.id != name:
+                found.add((module, n.id))
+            elif n.id in m.bindings:
+                found.add(self._resolve(m.bindings[n.id]))
         return found
 
     def closure(self, unit: Unit) -> set[Unit]:
