@@ -2,8 +2,8 @@
 
 Layout: ``<root>/<stage>/<key>/`` holds the payload (Parquet files, a model folder) and
 ``manifest.json`` (key, config slice, upstream keys, row counts, per-file sha256, timings,
-library versions). The key hashes (stage name, stage code version, the config slice the stage
-reads, upstream keys), so the same inputs give the same key and any change gives a new key for
+library versions). The key hashes (stage name, the fingerprint of the code that builds it, the
+config slice the stage reads, upstream keys), so the same inputs give the same key and any change gives a new key for
 that stage and, through the upstream keys, for everything downstream.
 
 A build writes into ``.tmp-<key>-<nonce>/`` and is renamed into place only once complete, so a
@@ -44,9 +44,10 @@ class Artifact:
         return self.path / name
 
 
-def artifact_key(stage: str, version: int, config: dict[str, Any], upstream: dict[str, str]) -> str:
-    """Hash of everything that determines a stage's output (16 hex chars of sha256)."""
-    blob = json.dumps({"stage": stage, "version": version, "config": config, "upstream": upstream},
+def artifact_key(stage: str, code: str, config: dict[str, Any], upstream: dict[str, str]) -> str:
+    """Hash of everything that determines a stage's output (16 hex chars of sha256); ``code`` is the
+    fingerprint of the code that builds it (``plad_core.stages.code_version``)."""
+    blob = json.dumps({"stage": stage, "code": code, "config": config, "upstream": upstream},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -114,20 +115,20 @@ class ArtifactStore:
             return None
         return Artifact(stage, key, folder, json.loads((folder / MANIFEST).read_text()))
 
-    def materialize(self, stage: str, version: int, config: dict[str, Any], upstream: dict[str, str],
+    def materialize(self, stage: str, code: str, config: dict[str, Any], upstream: dict[str, str],
                     build: Builder, force: bool = False) -> Artifact:
         """Return the artifact for these inputs, building and committing it if needed.
 
         ``build(out_dir, work_dir)`` writes the payload into ``out_dir`` and may return stats
         (row counts and the like) recorded in the manifest.
         """
-        key = artifact_key(stage, version, config, upstream)
+        key = artifact_key(stage, code, config, upstream)
         (self.root / stage).mkdir(parents=True, exist_ok=True)
         with self._lock(stage, key):
             if not force and (found := self.get(stage, key)) is not None:
                 log.info("%s: reusing %s", stage, found.path)
                 return found
-            return self._build(stage, key, version, config, upstream, build)
+            return self._build(stage, key, code, config, upstream, build)
 
     @contextlib.contextmanager
     def _lock(self, stage: str, key: str):
@@ -139,7 +140,7 @@ class ArtifactStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _build(self, stage: str, key: str, version: int, config: dict[str, Any], upstream: dict[str, str],
+    def _build(self, stage: str, key: str, code: str, config: dict[str, Any], upstream: dict[str, str],
                build: Builder) -> Artifact:
         tmp = self.root / stage / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -150,7 +151,7 @@ class ArtifactStore:
         try:
             stats = build(tmp, work) or {}
             manifest = {
-                "stage": stage, "key": key, "version": version, "config": config, "upstream": upstream,
+                "stage": stage, "key": key, "code": code, "config": config, "upstream": upstream,
                 "stats": stats, "files": _checksums(tmp),
                 "started_at": started, "seconds": round(time.time() - started, 3),
                 "libraries": _library_versions(),

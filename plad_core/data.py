@@ -100,6 +100,47 @@ def _read_records(path: str, fmt: str) -> list[tuple[int, Any]]:
     return records
 
 
+# What a store may say about a file's content, most specific first: a hub LFS file's sha256, a git
+# blob id (hf://), an S3/HTTP/Azure ETag, an HTTP Content-MD5 or Digest, a GCS md5Hash.
+CONTENT_IDS = ("sha256", "blob_id", "ETag", "etag", "Content-MD5", "Digest", "md5Hash")
+
+
+def _stream_sha256(handle: Any) -> str:
+    digest = hashlib.sha256()
+    while block := handle.read(1 << 22):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def source_fingerprint(path: str) -> dict[str, Any]:
+    """What identifies ``data.path``'s content in prepare_data's key (where the file lies does not).
+
+    A local file: its sha256. An fsspec URL (``hf://``, ``s3://``, ``https://``...): the store's
+    content identity (``CONTENT_IDS``) with the size when its listing has one, else the sha256 of
+    the bytes, read here. A missing or unreadable source is a DataError naming data.path."""
+    if "://" not in path:
+        if not Path(path).is_file():
+            raise DataError(f"{path}: data file not found (set data.path)")
+        with open(path, "rb") as fh:
+            return {"sha256": _stream_sha256(fh)}
+    import fsspec
+
+    try:
+        fs, inner = fsspec.core.url_to_fs(path)
+        info = fs.info(inner)
+        lfs = info.get("lfs") or {}
+        for name in CONTENT_IDS:
+            value = lfs.get("sha256") if name == "sha256" else info.get(name)
+            if value:
+                return {name: str(value), "size": info.get("size")}
+        with fs.open(inner, "rb") as fh:
+            return {"sha256": _stream_sha256(fh)}
+    except FileNotFoundError:
+        raise DataError(f"{path}: data file not found (set data.path)") from None
+    except (OSError, ValueError, ImportError) as err:
+        raise DataError(f"{path}: cannot read data.path ({type(err).__name__}: {err})") from None
+
+
 def load_rows(path: str, fmt: str = "auto", task: str = "tldr") -> LoadedRows:
     """Validated rows of ``task`` from a JSONL or Parquet file (local path or fsspec URL such as
     ``hf://datasets/<owner>/<name>/<file>``). Rows whose body (post, dialogue) or reference is empty

@@ -7,7 +7,9 @@ once into a plain safetensors folder under ``<cache_dir>/models/`` and loaded fr
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -82,19 +84,51 @@ def resolve_model_path(spec: str, cache_dir: str | Path) -> str:
     return str(out)
 
 
-def model_fingerprint(spec: str, revision: str | None = None) -> dict[str, Any]:
+DIGESTS = "file_sha256.json"  # under cache_dir: file -> [size, mtime_ns, ctime_ns, inode, sha256]
+
+
+def _file_digests(files: list[Path], cache_dir: str | Path | None) -> list[str]:
+    """Each file's sha256, reused from ``<cache_dir>/file_sha256.json`` while the file's size, mtime,
+    ctime and inode are unchanged (a write moves ctime even when mtime is set back), so a large model
+    is read once, not on every run. No ``cache_dir``: every file is read."""
+    cache_path = Path(cache_dir) / DIGESTS if cache_dir is not None else None
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
+    except (OSError, ValueError):
+        cache = {}  # an unreadable cache only costs a re-read
+    digests = []
+    for path in files:
+        st, name = path.stat(), str(path.resolve())
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        if cache.get(name, [None])[:-1] != stamp:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 22):
+                    digest.update(block)
+            cache[name] = stamp + [digest.hexdigest()]
+        digests.append(cache[name][-1])
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_path.with_name(f"{DIGESTS}.{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_path)
+    return digests
+
+
+def model_fingerprint(spec: str, revision: str | None = None, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """What identifies a model's weights in artifact keys.
 
-    Local folders contribute each file's name, size and mtime, so replacing the weights in place
-    changes the key; hub ids contribute the revision; embedded models their package version.
+    A local folder is known by each file's relative name and sha256 (not by where the folder is, so
+    a moved or copied folder keeps its key, and not by mtimes); hub ids by the revision; embedded
+    models by their package version. ``cache_dir`` keeps the digests (``_file_digests``).
     """
     if spec.startswith("embedded:"):
         return {"spec": spec, "version": _embedded_source(spec)[2]}
     local = Path(spec)
     if local.is_dir():
-        files = {str(p.relative_to(local)): [p.stat().st_size, int(p.stat().st_mtime)]
-                 for p in sorted(local.rglob("*")) if p.is_file()}
-        return {"spec": str(local.resolve()), "files": files}
+        files = [p for p in sorted(local.rglob("*")) if p.is_file()]
+        digests = _file_digests(files, cache_dir)
+        return {"files": {str(p.relative_to(local)): d for p, d in zip(files, digests)}}
     return {"spec": spec, "revision": revision}
 
 

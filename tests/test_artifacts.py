@@ -23,10 +23,10 @@ def writer(text):
 
 
 def test_key_depends_on_every_input():
-    base = artifact_key("s", 1, {"a": 1}, {"up": "k"})
-    assert base == artifact_key("s", 1, {"a": 1}, {"up": "k"})
-    assert len({base, artifact_key("t", 1, {"a": 1}, {"up": "k"}), artifact_key("s", 2, {"a": 1}, {"up": "k"}),
-                artifact_key("s", 1, {"a": 2}, {"up": "k"}), artifact_key("s", 1, {"a": 1}, {"up": "j"})}) == 5
+    base = artifact_key("s", "c1", {"a": 1}, {"up": "k"})
+    assert base == artifact_key("s", "c1", {"a": 1}, {"up": "k"})
+    assert len({base, artifact_key("t", "c1", {"a": 1}, {"up": "k"}), artifact_key("s", "c2", {"a": 1}, {"up": "k"}),
+                artifact_key("s", "c1", {"a": 2}, {"up": "k"}), artifact_key("s", "c1", {"a": 1}, {"up": "j"})}) == 5
 
 
 def test_materialize_commits_manifest_and_reuses(tmp_path):

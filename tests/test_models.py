@@ -55,3 +55,34 @@ def test_embedded_teacher_is_real_smollm2():
     out = model.generate(**ids, max_new_tokens=2, do_sample=False)
     assert "Rome" in tokenizer.decode(out[0, ids["input_ids"].shape[1]:])
     assert (CACHE / "models").is_dir() and resolve_model_path("embedded:smollm2-135m-instruct", CACHE).startswith(str(CACHE))
+
+
+def test_a_model_folder_is_known_by_its_files_contents_not_its_place_or_mtimes(tmp_path):
+    import hashlib
+    import json
+    import os
+    import shutil
+
+    first = make_tiny_model(tmp_path / "a" / "m", seed=0)
+    second = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(first, second)
+    cache = tmp_path / "cache"
+    weights = first / "model.safetensors"
+    expected = hashlib.sha256(weights.read_bytes()).hexdigest()
+    printed = model_fingerprint(str(first), cache_dir=cache)
+    assert printed["files"]["model.safetensors"] == expected and "spec" not in printed
+    assert model_fingerprint(str(second), cache_dir=cache) == printed == model_fingerprint(str(second))
+    # one byte changed, the size and mtime as they were: a new fingerprint, though the digest was cached
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert weights.stat().st_size == stat.st_size and weights.stat().st_mtime_ns == stat.st_mtime_ns
+    changed = model_fingerprint(str(first), cache_dir=cache)
+    assert changed["files"]["model.safetensors"] == hashlib.sha256(bytes(data)).hexdigest() != expected
+    # an unchanged file's digest comes from the cache, not from reading it again
+    digests = json.loads((cache / "file_sha256.json").read_text())
+    digests[str((second / "model.safetensors").resolve())][-1] = "cached"
+    (cache / "file_sha256.json").write_text(json.dumps(digests))
+    assert model_fingerprint(str(second), cache_dir=cache)["files"]["model.safetensors"] == "cached"

@@ -4,20 +4,15 @@ reference-length bucket; and the perplexity of a model on held-out texts."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from plad_core.evaluation.judge import win_rates
 from plad_core.evaluation.likelihood_quality import evaluate_likelihood_quality
 from plad_core.rouge import ROUGE_TYPES
 from plad_core.stats import bootstrap_ci, paired_bootstrap
-from plad_core.training.batches import collate, encode
-from plad_core.training.logprobs import sequence_logprobs
 
 # --- Uncertainty, comparisons and length buckets (metrics.json) ---------------------------------
 
@@ -156,17 +151,3 @@ def evaluation_metrics(generations: pd.DataFrame, references: pd.DataFrame, samp
                                          with_bins=False)})
     metrics["length_buckets"] = {"edges": edges, "rule": rule, "unit": "reference words", "buckets": buckets}
     return metrics
-
-
-@torch.no_grad()
-def perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int,
-               batch_size: int = 8) -> float:
-    """exp of the token-mean NLL over ``texts`` (each scored from its second token)."""
-    model.eval()
-    encoded = [encode(tokenizer, t, None, max_len) for t in texts]
-    nll, count = 0.0, 0
-    for i in range(0, len(encoded), batch_size):
-        total, n = sequence_logprobs(model, collate(encoded[i:i + batch_size], tokenizer.pad_token_id))
-        nll -= float(total.sum())
-        count += int(n.sum())
-    return math.exp(nll / max(count, 1))

@@ -53,12 +53,12 @@ class ExperimentPages:
     stats: dict[str, Any]
 
 
-def commit_experiment(store: ArtifactStore, stage: str, version: int, config: dict[str, Any],
+def commit_experiment(store: ArtifactStore, stage: str, code: str, config: dict[str, Any],
                       upstream: dict[str, str], render: Callable[[Path], ExperimentPages]) -> Artifact:
     """The experiment's artifact, reused from ``store`` or built: ``render(report_path)`` (called only
     when building; ``report_path`` is where the artifact's report.html will be) gives the pages, written
     as report.md, report.html, plots/, summary.md and the JSON file."""
-    report_path = store.path(stage, artifact_key(stage, version, config, upstream)) / "report.html"
+    report_path = store.path(stage, artifact_key(stage, code, config, upstream)) / "report.html"
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         pages = render(report_path)
@@ -67,4 +67,4 @@ def commit_experiment(store: ArtifactStore, stage: str, version: int, config: di
         (out / pages.json_name).write_text(pages.json_text)
         return pages.stats
 
-    return store.materialize(stage, version, config, upstream, build)
+    return store.materialize(stage, code, config, upstream, build)

@@ -32,8 +32,9 @@ from plad_core.experiments.files import (
 from plad_core.pairs import prompts_used
 from plad_core.report.scale import scale_blocks
 from plad_core.report.text import METRIC_LABELS
+from plad_core.stages import code_version
 
-STAGE, VERSION = "data_scale", 1
+STAGE = "data_scale"
 
 
 @dataclass
@@ -94,4 +95,5 @@ def run_scale(exp: ScaleExperiment, run_one: Callable[[str, list[str]], dict[str
                                json.dumps({"experiment": asdict(exp), "points": points}, indent=2),
                                {"points": [{k: p[k] for k in ("fraction", "prompts", "pairs")} for p in points]})
 
-    return commit_experiment(ArtifactStore(cfg.artifacts_root), STAGE, VERSION, config, upstream, render)
+    code = code_version.module_fingerprint(__name__)
+    return commit_experiment(ArtifactStore(cfg.artifacts_root), STAGE, code, config, upstream, render)

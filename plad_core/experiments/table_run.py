@@ -22,11 +22,12 @@ from plad_core.stages import (
     DEPENDENCIES,
     RUNNERS,
     check_train_loss,
+    code_version,
     run_dev_outputs,
     run_judgments,
 )
 
-STAGE, VERSION = "table", 2
+STAGE = "table"
 SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sample_teacher", "sample_student", "build_pairs")
 REFERENCE_SCORER = "train.loss=dpo"   # a config whose score_pairs holds the SFT student's log-probs of y_T, y_S
 
@@ -83,4 +84,4 @@ def run_table(exp: TableExperiment, extra: Optional[list[str]] = None, step: Tab
             {"systems": list(result.systems), "runs": len(runs),
              "rougeL": {s: m.metrics["rougeL"] for s, m in result.systems.items()}})
 
-    return commit_experiment(store, STAGE, VERSION, config, upstream, render)
+    return commit_experiment(store, STAGE, code_version.module_fingerprint(__name__), config, upstream, render)

@@ -16,7 +16,6 @@ from plad_core.stages.dag import (
            DEPENDENCIES,
            RUNNERS,
            STAGES,
-           VERSIONS,
            Stage,
            run_stage,
 )
@@ -32,7 +31,7 @@ from plad_core.stages.sampling import (
 )
 from plad_core.stages.student import run_init_student, run_sft_student
 
-__all__ = ["DEPENDENCIES", "RUNNERS", "STAGES", "VERSIONS", "Stage", "calibrate_student", "check_train_loss",
+__all__ = ["DEPENDENCIES", "RUNNERS", "STAGES", "Stage", "calibrate_student", "check_train_loss",
            "dev_frames", "read_split", "run_build_pairs", "run_calibrate", "run_dev_outputs", "run_evaluate",
            "run_init_student", "run_judgments", "run_prepare_data", "run_promote", "run_sample_student",
            "run_sample_teacher", "run_score_pairs", "run_sft_student", "run_stage", "sampling_jobs"]

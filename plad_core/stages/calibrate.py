@@ -19,7 +19,6 @@ from plad_core.training.calibrate import calibrate_student
 
 log = logging.getLogger("plad.stages")
 
-CALIBRATE_VERSION = 1
 
 
 def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact, scores: Artifact,
@@ -37,4 +36,4 @@ def run_calibrate(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: A
             return torchrun.run(cfg, frame, sft.file(MODEL_DIR), out, work, log)
         return calibrate_student(cfg, frame, sft.file(MODEL_DIR), out, work)
 
-    return materialize(store, "calibrate", CALIBRATE_VERSION, config, [pairs, sft, scores], build, force)
+    return materialize(store, "calibrate", config, [pairs, sft, scores], build, force)

@@ -1,5 +1,5 @@
-"""The stage graph, declared once: every stage's runner, the stages it reads (in the order its runner
-takes them) and its code version. ``run_stage`` resolves it for plain Python callers and ``plad stage``;
+"""The stage graph, declared once: every stage's runner and the stages it reads (in the order its runner
+takes them). ``run_stage`` resolves it for plain Python callers and ``plad stage``;
 ``flows/distill.py`` calls the same runners as Prefect tasks (tests/stages/test_dag.py holds the two
 to one order)."""
 
@@ -11,68 +11,44 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.stages.calibrate import CALIBRATE_VERSION, run_calibrate
-from plad_core.stages.data import PREPARE_DATA_VERSION, run_prepare_data
-from plad_core.stages.evaluate import (
-    DEV_OUTPUTS_VERSION,
-    EVALUATE_VERSION,
-    JUDGMENTS_VERSION,
-    run_dev_outputs,
-    run_evaluate,
-    run_judgments,
-)
-from plad_core.stages.pairs import (
-    BUILD_PAIRS_VERSION,
-    SCORE_PAIRS_VERSION,
-    run_build_pairs,
-    run_score_pairs,
-)
-from plad_core.stages.sampling import (
-    SAMPLE_STUDENT_VERSION,
-    SAMPLE_TEACHER_VERSION,
-    run_sample_student,
-    run_sample_teacher,
-)
-from plad_core.stages.student import (
-    INIT_STUDENT_VERSION,
-    SFT_STUDENT_VERSION,
-    run_init_student,
-    run_sft_student,
-)
+from plad_core.stages.calibrate import run_calibrate
+from plad_core.stages.data import run_prepare_data
+from plad_core.stages.evaluate import run_dev_outputs, run_evaluate, run_judgments
+from plad_core.stages.pairs import run_build_pairs, run_score_pairs
+from plad_core.stages.sampling import run_sample_student, run_sample_teacher
+from plad_core.stages.student import run_init_student, run_sft_student
 
 
 @dataclass(frozen=True)
 class Stage:
-    """``runner(cfg, store, *artifacts of inputs, force=...) -> Artifact``. The version enters the
-    artifact key: bump it (beside the runner) when the code changes what the stage produces, and its
-    artifacts and all downstream ones rebuild. An ``on_demand`` stage is not a node of the pipeline's
-    DAG: evaluate and the table experiment build it with arguments of their own (a model, named outputs)."""
+    """``runner(cfg, store, *artifacts of inputs, force=...) -> Artifact``. The fingerprint of the code
+    the runner reaches (``code_version.stage_fingerprint``) enters the artifact key, so editing that
+    code rebuilds the stage's artifacts and, through their keys, all downstream ones. An ``on_demand``
+    stage is not a node of the pipeline's DAG: evaluate and the table experiment build it with
+    arguments of their own (a model, named outputs)."""
     runner: Callable[..., Artifact]
     inputs: tuple[str, ...]
-    version: int
     on_demand: bool = False
 
 
 STAGES: dict[str, Stage] = {
-    "prepare_data": Stage(run_prepare_data, (), PREPARE_DATA_VERSION),
-    "init_student": Stage(run_init_student, ("prepare_data",), INIT_STUDENT_VERSION),
-    "sft_student": Stage(run_sft_student, ("prepare_data", "init_student"), SFT_STUDENT_VERSION),
-    "sample_teacher": Stage(run_sample_teacher, ("prepare_data",), SAMPLE_TEACHER_VERSION),
-    "sample_student": Stage(run_sample_student, ("prepare_data", "sft_student"), SAMPLE_STUDENT_VERSION),
-    "build_pairs": Stage(run_build_pairs, ("prepare_data", "sample_teacher", "sample_student"), BUILD_PAIRS_VERSION),
-    "score_pairs": Stage(run_score_pairs, ("build_pairs", "sft_student"), SCORE_PAIRS_VERSION),
-    "calibrate": Stage(run_calibrate, ("build_pairs", "sft_student", "score_pairs"), CALIBRATE_VERSION),
-    "evaluate": Stage(run_evaluate, ("prepare_data", "sft_student", "calibrate"), EVALUATE_VERSION),
+    "prepare_data": Stage(run_prepare_data, ()),
+    "init_student": Stage(run_init_student, ("prepare_data",)),
+    "sft_student": Stage(run_sft_student, ("prepare_data", "init_student")),
+    "sample_teacher": Stage(run_sample_teacher, ("prepare_data",)),
+    "sample_student": Stage(run_sample_student, ("prepare_data", "sft_student")),
+    "build_pairs": Stage(run_build_pairs, ("prepare_data", "sample_teacher", "sample_student")),
+    "score_pairs": Stage(run_score_pairs, ("build_pairs", "sft_student")),
+    "calibrate": Stage(run_calibrate, ("build_pairs", "sft_student", "score_pairs")),
+    "evaluate": Stage(run_evaluate, ("prepare_data", "sft_student", "calibrate")),
     # one model's dev outputs (the teacher's without a model artifact), and the judge's verdicts on named ones
-    "dev_outputs": Stage(run_dev_outputs, ("prepare_data",), DEV_OUTPUTS_VERSION, on_demand=True),
-    "judgments": Stage(run_judgments, ("prepare_data",), JUDGMENTS_VERSION, on_demand=True),
+    "dev_outputs": Stage(run_dev_outputs, ("prepare_data",), on_demand=True),
+    "judgments": Stage(run_judgments, ("prepare_data",), on_demand=True),
 }
 
-# Views of STAGES for callers: the pipeline's stages (the ones run_stage, the flow and --force know) ...
+# Views of STAGES for callers: the pipeline's stages (the ones run_stage, the flow and --force know).
 DEPENDENCIES: dict[str, tuple[str, ...]] = {name: s.inputs for name, s in STAGES.items() if not s.on_demand}
 RUNNERS: dict[str, Callable[..., Artifact]] = {name: s.runner for name, s in STAGES.items() if not s.on_demand}
-# ... and every artifact's code version.
-VERSIONS: dict[str, int] = {name: s.version for name, s in STAGES.items()}
 
 
 def run_stage(name: str, cfg: DictConfig, store: ArtifactStore, force: frozenset[str] = frozenset(),

@@ -38,10 +38,6 @@ from plad_core.stages.keys import (
     teacher_identity,
 )
 
-DEV_OUTPUTS_VERSION = 1
-JUDGMENTS_VERSION = 1
-EVALUATE_VERSION = 4  # v2: bootstrap CIs, paired test, calibration, length buckets, report.html; v3: judge win rates;
-                      # v4: each system's outputs read from a dev_outputs artifact (run_dev_outputs)
 SAMPLE_COLUMNS = ["system", "id", "sample_index", "text", "logp_mean", "rougeL"]  # of an evaluation without samples
 
 
@@ -99,7 +95,7 @@ def run_dev_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model
             stats["calibration_samples"] = len(samples)
         return {**stats, "seconds": seconds}
 
-    return materialize(store, "dev_outputs", DEV_OUTPUTS_VERSION, config, upstream, build, force)
+    return materialize(store, "dev_outputs", config, upstream, build, force)
 
 
 def run_judgments(cfg: DictConfig, store: ArtifactStore, data: Artifact, outputs: dict[str, Artifact],
@@ -128,7 +124,7 @@ def run_judgments(cfg: DictConfig, store: ArtifactStore, data: Artifact, outputs
         return {"judgments": len(judgments), "rows": int(judgments["id"].nunique()),
                 "seconds": round(time.perf_counter() - started, 1)}
 
-    return materialize(store, "judgments", JUDGMENTS_VERSION, config, [data], build, force)
+    return materialize(store, "judgments", config, [data], build, force)
 
 
 def _evaluation_steps(systems: list[str], k: int, judged: bool) -> list[str]:
@@ -242,7 +238,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
                  if "teacher" in systems else {})}
     config["eval"] = {**config["eval"], "judge": judge_identity(cfg)}
     upstream = [data, sft, calibrated]
-    key = stage_key("evaluate", EVALUATE_VERSION, config, upstream)
+    key = stage_key("evaluate", config, upstream)
     k = calibration_k(cfg)
 
     def build(out: Path, work: Path) -> dict[str, Any]:
@@ -267,4 +263,4 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
         steps.done()
         return _summary_stats(metrics, len(dev), seconds)
 
-    return materialize(store, "evaluate", EVALUATE_VERSION, config, upstream, build, force)
+    return materialize(store, "evaluate", config, upstream, build, force)

@@ -1,5 +1,5 @@
 """What enters each stage's artifact key: its config slice, the identities of the models it reads,
-its code version and its upstream keys (see ``plad_core.artifacts``)."""
+the fingerprint of its code (``code_version``) and its upstream keys (see ``plad_core.artifacts``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from plad_core.artifacts import Artifact, ArtifactStore, artifact_key
 from plad_core.config import config_slice
 from plad_core.evaluation import judge as judge_lib
 from plad_core.sampling import openai_api
+from plad_core.stages import code_version
 
-DATA_SLICE = ["data.task", "data.path", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
+DATA_SLICE = ["data.task", "data.format", "data.n_labeled", "data.n_unlabeled", "data.n_dev", "data.split_salt"]
 
 # How a model is trained, not which model: exact resume, recomputed activations, and the number of
 # ranks (the same global batches; tests/test_ddp.py holds them to 1e-5). Left out of artifact keys,
@@ -29,18 +30,20 @@ CALIBRATION_SLICE = ["eval.calibration_samples", "eval.calibration_rows", "eval.
                      "eval.calibration_top_p", "eval.seed"]
 
 
-def stage_key(stage: str, version: int, config: dict[str, Any], upstream: list[Artifact]) -> str:
+def stage_key(stage: str, config: dict[str, Any], upstream: list[Artifact]) -> str:
     """The artifact key ``materialize`` will commit under (for a build that must name its own folder)."""
-    return artifact_key(stage, version, config, {a.stage: a.key for a in upstream})
+    return artifact_key(stage, code_version.stage_fingerprint(stage), config, {a.stage: a.key for a in upstream})
 
 
-def materialize(store: ArtifactStore, stage: str, version: int, config: dict[str, Any], upstream: list[Artifact],
+def materialize(store: ArtifactStore, stage: str, config: dict[str, Any], upstream: list[Artifact],
                 build: Callable[[Path, Path], dict[str, Any]], force: bool) -> Artifact:
-    return store.materialize(stage, version, config, {a.stage: a.key for a in upstream}, build, force)
+    """``store.materialize`` keyed by ``stage``'s code fingerprint, ``config`` and the upstream keys."""
+    return store.materialize(stage, code_version.stage_fingerprint(stage), config,
+                             {a.stage: a.key for a in upstream}, build, force)
 
 
 def teacher_identity(cfg: DictConfig) -> dict[str, Any]:
-    return models.model_fingerprint(cfg.teacher.model, cfg.teacher.revision)
+    return models.model_fingerprint(cfg.teacher.model, cfg.teacher.revision, cfg.cache_dir)
 
 
 def training_slice(cfg: DictConfig, paths: list[str]) -> dict[str, Any]:
@@ -54,21 +57,17 @@ def sampling_slice(cfg: DictConfig, side: str, backend: str, compiled: bool = Fa
     """``<side>.prompt`` and ``<side>.sampling`` as they enter the sampling artifact's key, for the
     resolved ``backend`` and ``compile`` setting (``auto`` is keyed by what it resolved to).
 
-    With hf, ``backend``, ``api`` and ``compile`` are left out (hf keys are what they were before
-    there were backends). With vllm, ``backend: vllm`` is in and ``batch_size`` (hf's batching) out;
-    ``compile: true`` is in when vLLM compiles (fused kernels round differently), and an eager
-    engine's key has no ``compile`` (as before the setting existed). With openai, the endpoint's
-    identity is in the key's ``teacher`` entry; dtype, batch_size and the api's throughput and retry
-    knobs change how fast, not what, so they are out.
+    ``backend`` is the one it resolved to and ``api`` is out (an endpoint's identity is the key's
+    ``teacher`` entry). With hf, ``compile`` (a vllm setting) is out. With vllm, ``batch_size``
+    (hf's batching) is out and ``compile`` is the resolved true or false (fused kernels round
+    differently). With openai, dtype, batch_size and the api's throughput and retry knobs change
+    how fast, not what, so they are out.
     """
     out = config_slice(cfg, [f"{side}.prompt", f"{side}.sampling"])
-    sampling = dict(out[f"{side}.sampling"])
-    sampling.pop("backend")
-    sampling.pop("api")
-    sampling.pop("compile")
+    sampling = {k: v for k, v in out[f"{side}.sampling"].items() if k not in ("api", "compile")}
+    sampling["backend"] = backend
     if backend == "vllm":
-        sampling = {**{k: v for k, v in sampling.items() if k != "batch_size"}, "backend": "vllm",
-                    **({"compile": True} if compiled else {})}
+        sampling = {**{k: v for k, v in sampling.items() if k != "batch_size"}, "compile": compiled}
     elif backend == "openai":
         sampling = {k: v for k, v in sampling.items() if k not in ("dtype", "batch_size")}
     out[f"{side}.sampling"] = sampling
@@ -95,7 +94,7 @@ def judge_identity(cfg: DictConfig) -> dict[str, Any]:
     if j.backend == "openai":
         model = api_identity(openai_api.ApiSettings.from_config(j.api).check("eval.judge.api"))
     elif j.backend == "hf":
-        model = models.model_fingerprint(j.model)
+        model = models.model_fingerprint(j.model, cache_dir=cfg.cache_dir)
     else:
         raise ValueError(f"eval.judge.backend='{j.backend}' is not a judge backend; use hf or openai")
     return {"enabled": True, "backend": j.backend, "model": model, "prompt": j.prompt,

@@ -24,8 +24,6 @@ from plad_core.training import reference_scores
 from plad_core.training.batches import encode_pairs
 from plad_core.training.calibrate import check_teacher_tokenizer
 
-BUILD_PAIRS_VERSION = 2  # 2: finish reasons in pairs.parquet, pairs.truncated
-SCORE_PAIRS_VERSION = 1
 
 
 def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teacher_samples: Artifact,
@@ -35,8 +33,6 @@ def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teach
     fraction = cfg.pairs.unlabeled_fraction
     check_unlabeled_fraction(fraction)
     config = config_slice(cfg, ["pairs"])
-    if fraction == 1:  # the key of a build over every prompt is what it was before fractions existed
-        config["pairs"].pop("unlabeled_fraction")
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         unlabeled = read_split(data, "unlabeled")
@@ -50,7 +46,7 @@ def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teach
         pq.write_table(pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False), out / "pairs.parquet")
         return {**stats, "rows": len(pairs), "unlabeled_prompts": len(unlabeled)}
 
-    return materialize(store, "build_pairs", BUILD_PAIRS_VERSION, config, [data, teacher_samples, student_samples],
+    return materialize(store, "build_pairs", config, [data, teacher_samples, student_samples],
                        build, force)
 
 
@@ -103,4 +99,4 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
                 "rejected": float(scores[rejected].sum() / scores["rejected_scored_tokens"].sum())}
         return stats
 
-    return materialize(store, "score_pairs", SCORE_PAIRS_VERSION, config, [pairs, sft], build, force)
+    return materialize(store, "score_pairs", config, [pairs, sft], build, force)

@@ -55,7 +55,7 @@ def promotion_lineage(cfg: DictConfig, data: Artifact) -> Lineage:
     sp = cfg.teacher.sampling
     teacher = (api_identity(openai_api.ApiSettings.from_config(sp.api).check("teacher.sampling.api"))
                if sp.backend == "openai" else teacher_identity(cfg))
-    return Lineage(cfg.name, _digest(config_slice(cfg, DATA_SLICE)), _digest(teacher))
+    return Lineage(cfg.name, _digest(config_slice(cfg, [*DATA_SLICE, "data.path"])), _digest(teacher))
 
 
 def _digest(identity: Any) -> str:

@@ -26,8 +26,6 @@ from plad_core.stages.keys import (
     teacher_identity,
 )
 
-SAMPLE_TEACHER_VERSION = 1
-SAMPLE_STUDENT_VERSION = 1
 SAMPLING_SIDES = {"sample_teacher": "teacher", "sample_student": "student"}
 STUDENT_BACKENDS = ("auto", "hf", "vllm")  # the student is a local artifact: no API
 
@@ -40,10 +38,6 @@ class _Sampling:
     upstream: tuple[Artifact, ...]
     spec: SamplerSpec
     label: str                   # the samples' ``model`` column
-
-    @property
-    def version(self) -> int:
-        return SAMPLE_TEACHER_VERSION if self.stage == "sample_teacher" else SAMPLE_STUDENT_VERSION
 
 
 def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None = None) -> _Sampling:
@@ -103,7 +97,7 @@ def _run_sampling(cfg: DictConfig, store: ArtifactStore, s: _Sampling, force: bo
                                **inputs)
         return {**stats, "truncated_prompts": truncated, "backend": s.spec.backend}
 
-    return materialize(store, s.stage, s.version, s.config, list(s.upstream), build, force)
+    return materialize(store, s.stage, s.config, list(s.upstream), build, force)
 
 
 def sampling_jobs(cfg: DictConfig, store: ArtifactStore, stage: str, data: Artifact, sft: Artifact | None = None,
@@ -113,7 +107,7 @@ def sampling_jobs(cfg: DictConfig, store: ArtifactStore, stage: str, data: Artif
     ``force``). Running them all and then ``run_<stage>`` with the same arguments commits the
     artifact from the shards, exactly as if the stage had sampled them itself."""
     s = _sampling(cfg, stage, data, sft)
-    key = stage_key(stage, s.version, s.config, list(s.upstream))
+    key = stage_key(stage, s.config, list(s.upstream))
     if not force and store.get(stage, key) is not None:
         return []
     work = store.work_dir(stage, key).resolve()

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from plad_core import data as data_lib
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.evaluation.metrics import perplexity
+from plad_core.evaluation.perplexity import perplexity
 from plad_core.models import MODEL_DIR
 from plad_core.stages.inputs import load_artifact_model, prompts_for, read_split
 from plad_core.stages.keys import materialize, teacher_identity, training_slice
@@ -23,8 +23,6 @@ from plad_core.training.loop import optim_kwargs, train_loop, write_log
 
 log = logging.getLogger("plad.stages")
 
-INIT_STUDENT_VERSION = 1
-SFT_STUDENT_VERSION = 1
 
 
 def heal_texts(data: Artifact, cfg: DictConfig) -> list[str]:
@@ -70,7 +68,7 @@ def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, forc
     """The student before SFT: the configured model, or a layer slice of the teacher healed by token KD."""
     s = cfg.student
     if s.model:
-        config = {"student": models.model_fingerprint(s.model, s.revision)}
+        config = {"student": models.model_fingerprint(s.model, s.revision, cfg.cache_dir)}
         upstream: list[Artifact] = []
     else:
         config = {"teacher": teacher_identity(cfg), **training_slice(cfg, ["student.keep_layers", "student.heal"])}
@@ -84,7 +82,7 @@ def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, forc
         models.save_model(student, tokenizer, out / MODEL_DIR)
         return {"source": s.model}
 
-    return materialize(store, "init_student", INIT_STUDENT_VERSION, config, upstream, build, force)
+    return materialize(store, "init_student", config, upstream, build, force)
 
 
 def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init: Artifact,
@@ -106,4 +104,4 @@ def run_sft_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, init:
         return {"examples": len(items), "truncated_prompts": truncated, "steps": len(history),
                 "final_loss": history[-1]["loss"] if history else None}
 
-    return materialize(store, "sft_student", SFT_STUDENT_VERSION, config, [data, init], build, force)
+    return materialize(store, "sft_student", config, [data, init], build, force)

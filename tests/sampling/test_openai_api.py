@@ -126,10 +126,10 @@ def test_unknown_backend_lists_the_available_ones_and_the_student_has_no_api(tmp
 
 def test_artifact_key_slices():
     base = load_config("base")
-    # hf: backend and api stay out of the key, so it is what it was before there were backends
+    # hf: the backend is named and the api settings stay out
     hf_slice = keys.sampling_slice(load_config("base", ["teacher.sampling.api.model=x"]), "teacher", "hf")
     assert hf_slice == keys.sampling_slice(base, "teacher", "hf")
-    assert "backend" not in hf_slice["teacher.sampling"] and "api" not in hf_slice["teacher.sampling"]
+    assert hf_slice["teacher.sampling"]["backend"] == "hf" and "api" not in hf_slice["teacher.sampling"]
     # openai: the endpoint and served name identify the teacher; throughput knobs do not
     over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=served"]
     a = load_config("base", over)
