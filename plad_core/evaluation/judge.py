@@ -46,6 +46,7 @@ from plad_core import models
 from plad_core.config import CONF_DIR
 from plad_core.evaluation.judge_api import Judge, OpenAIJudge, ProgressFn, Verdict
 from plad_core.sampling import openai_api
+from plad_core.sampling.vllm_backend import check_weights
 from plad_core.stats import bootstrap_ci
 
 CANDIDATES = ("output_a", "output_b")
@@ -192,6 +193,12 @@ def make_judge(judge_cfg: Any, cache_dir: str, device: str, dtype: str, seed: in
     hf loads ``judge_cfg.model`` with ``load`` (``judge_load``) in ``dtype``; openai checks
     ``judge_cfg.api`` and loads nothing."""
     if judge_cfg.backend == "hf":
+        try:
+            check_weights(models.resolve_model_path(judge_cfg.model, cache_dir), load.use_safetensors,
+                          "teacher.use_safetensors=false with eval.judge.model=${teacher.model} (a judge model "
+                          "that is not the teacher's loads safetensors only)")
+        except ValueError as err:
+            raise JudgeError(f"eval.judge.model: {err}") from None
         model, tokenizer = models.load_model(judge_cfg.model, cache_dir, load.revision, load.trust_remote_code,
                                              load.use_safetensors, device)
         return HFJudge(models.cast(model, dtype), tokenizer), tokenizer
