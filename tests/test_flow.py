@@ -326,7 +326,8 @@ def test_an_unknown_loss_fails_before_any_stage_and_lists_the_valid_ones(harness
 @pytest.mark.parametrize("loss", ["dpkd", "token_kd"])
 def test_teacher_internals_losses_refuse_an_api_teacher_naming_the_keys(harness, tmp_path, loss):
     overrides = tiny_overrides(tmp_path, tmp_path / "no-teacher") + [
-        f"train.loss={loss}", "teacher.sampling.backend=openai", "teacher.sampling.api.model=served"]
+        f"train.loss={loss}", "teacher.sampling.backend=openai", "teacher.sampling.api.model=served",
+        "student.model=some/student", "eval.judge.enabled=false"]
     with pytest.raises(ValueError, match=f"train.loss={loss} needs the teacher's .* but teacher.sampling.backend=openai "
                                          "gives only its text: set teacher.sampling.backend=hf .*\\(ranking, margin, "
                                          "simpo, cpo_hinge, dpo, ipo, seqkd\\)"):

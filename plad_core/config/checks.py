@@ -1,5 +1,5 @@
-"""Value checks run when a config loads: every leaf against its field's choices or range, and every
-prompt template against the task's fields."""
+"""Value checks run when a config loads: every leaf against its field's choices or range, every
+prompt template against the task's fields, and the settings a teacher behind an API rules out."""
 
 from __future__ import annotations
 
@@ -68,10 +68,33 @@ def _template_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
             yield "eval.judge.prompt", f"eval.judge.prompt={cfg.eval.judge.prompt!r} {problem} (data.task={cfg.data.task})"
 
 
+STUDENT_FROM_API_TEACHER = (
+    "student.model is unset, but teacher.sampling.backend=openai: without it the student is cut from the "
+    "teacher's layers, and a teacher behind an API has no weights here to cut; set student.model to the "
+    "student's starting model (a local folder or hub id)")
+
+
+def _api_teacher_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
+    """With ``teacher.sampling.backend=openai`` nothing may load ``teacher.model`` locally: the student
+    must be named, and the judge must not default to the teacher (``${teacher.model}``)."""
+    if cfg.teacher.sampling.backend != "openai":
+        return
+    if not cfg.student.model:
+        yield "student.model", STUDENT_FROM_API_TEACHER
+    j = cfg.eval.judge
+    if j.enabled and j.backend == "hf" and OmegaConf.to_container(j, resolve=False)["model"] == "${teacher.model}":
+        yield "eval.judge.model", (
+            "eval.judge.model is ${teacher.model} (its default), which the hf judge would load here, but "
+            "teacher.sampling.backend=openai puts the teacher behind an API: set eval.judge.model to a local judge model, or eval.judge.backend=openai with eval.judge.api "
+            "(base_url, model), or eval.judge.enabled=false")
+
+
 def validate(cfg: DictConfig, layers: Sequence[tuple[str, Any]] = ()) -> None:
-    """Check every leaf with choices or a range, and the prompt templates' fields; a ConfigError lists
-    each problem, with the last of ``layers`` ((source, layer) pairs, in merge order) that set it."""
-    problems = [*_leaf_problems(cfg), *(_template_problems(cfg) if cfg.data.task in TASKS else ())]
+    """Check every leaf with choices or a range, the prompt templates' fields and what an API teacher
+    rules out (``_api_teacher_problems``); a ConfigError lists each problem, with the last of
+    ``layers`` ((source, layer) pairs, in merge order) that set it."""
+    problems = [*_leaf_problems(cfg), *(_template_problems(cfg) if cfg.data.task in TASKS else ()),
+                *_api_teacher_problems(cfg)]
     if problems:
         def source(path: str) -> str:
             found = [src for src, layer in layers if OmegaConf.select(layer, path, default=None) is not None]

@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from plad_core import models
 from plad_core.rouge import rouge_f1
-from plad_core.sampling import hf
+from plad_core.sampling import hf, openai_api
+from plad_core.sampling.generation import Generation
 from plad_core.training import reference_scores
 from plad_core.training.batches import encode, scored_tokens
 
@@ -28,6 +29,21 @@ def generate_and_score(model: Any, tokenizer: Any, system: str, dev: pd.DataFram
     models.cast(model, cfg.eval.dtype)
     gens = hf.generate(model, tokenizer, prompts, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens,
                        batch_size=cfg.eval.batch_size, stop=list(cfg.eval.stop), desc=f"evaluate {system}")
+    return _scored(system, dev, gens, cfg)
+
+
+def api_generate_and_score(settings: openai_api.ApiSettings, system: str, dev: pd.DataFrame, prompts: list[str],
+                           cfg: DictConfig, where: str = "teacher.sampling.api") -> pd.DataFrame:
+    """``generate_and_score`` for a model behind an OpenAI-compatible endpoint: greedy (temperature 0),
+    ``eval.max_new_tokens`` and ``eval.stop``, one request per prompt; ``output_tokens`` as the API counts them."""
+    gens = openai_api.generate(prompts, settings, n=1, temperature=0.0, top_p=1.0,
+                               max_new_tokens=cfg.eval.max_new_tokens, seed=cfg.eval.seed, stop=list(cfg.eval.stop),
+                               desc=f"evaluate {system}", where=where)
+    return _scored(system, dev, gens, cfg)
+
+
+def _scored(system: str, dev: pd.DataFrame, gens: list[Generation], cfg: DictConfig) -> pd.DataFrame:
+    """One greedy output per dev row with its ROUGE F1 against the reference."""
     texts = [g.text for g in gens]
     scores = rouge_f1(texts, list(dev["reference"]), cfg.eval.rouge_stemmer)
     return pd.DataFrame({"system": system, "id": dev["id"], "text": texts,

@@ -26,18 +26,16 @@ Judges (each turns (prefix, suffix) requests into ``Verdict``s):
   the log-probabilities of "A" and "B" as that next token (with or without a leading space): one
   forward pass, no sampling, so it is deterministic and always readable. The prefix runs once per
   row and its key/value cache serves all of the row's suffixes, in one batch.
-* ``OpenAIJudge``: an OpenAI-compatible endpoint through ``plad_core.sampling.openai_api`` (greedy,
-  ``VERDICT_TOKENS`` new tokens); the verdict is parsed from the text (``parse_verdict``).
+* ``OpenAIJudge`` (``plad_core.evaluation.judge_api``): an OpenAI-compatible endpoint, greedy; the
+  verdict is parsed from the text.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,13 +44,13 @@ import torch
 from plad_core import data as data_lib
 from plad_core import models
 from plad_core.config import CONF_DIR
+from plad_core.evaluation.judge_api import Judge, OpenAIJudge, ProgressFn, Verdict
 from plad_core.sampling import openai_api
+from plad_core.sampling.vllm_backend import check_weights
 from plad_core.stats import bootstrap_ci
 
 CANDIDATES = ("output_a", "output_b")
 REFERENCE = "reference"  # the opponent name of the human reference
-VERDICT_TOKENS = 8       # openai: room for "A", "Summary A" or "**A**" and little else
-ProgressFn = Callable[[float], None]
 
 
 class JudgeError(ValueError):
@@ -108,25 +106,6 @@ def prompt_path(value: str) -> Path:
 
 
 # --- judges --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Verdict:
-    choice: Optional[str]           # "A", "B", or None when the answer names neither
-    logp_a: float = math.nan        # hf: log P(next token = "A"); NaN for text verdicts
-    logp_b: float = math.nan
-    raw: str = ""                   # openai: the judge's text
-
-
-class Judge(Protocol):
-    def verdicts(self, requests: Sequence[tuple[str, str]], progress: Optional[ProgressFn] = None) -> list[Verdict]:
-        """One verdict per (prefix, suffix) request, in order; ``progress(fraction done)`` as it goes."""
-
-
-def parse_verdict(text: str) -> Optional[str]:
-    """The first standalone "A" or "B" in the judge's answer ("B", "Summary A.", "**A**"), else None."""
-    found = re.search(r"(?<![A-Za-z])([AB])(?![A-Za-z])", text)
-    return found.group(1) if found else None
-
 
 def _answer_ids(tokenizer: Any, letter: str) -> list[int]:
     ids = sorted({encoded[0] for variant in (letter, " " + letter)
@@ -190,30 +169,38 @@ class HFJudge:
         return out  # type: ignore[return-value]
 
 
-class OpenAIJudge:
-    """Greedy text verdicts from an OpenAI-compatible endpoint (``api.mode`` chat or completions)."""
-
-    def __init__(self, settings: openai_api.ApiSettings, seed: int = 0):
-        self.settings, self.seed = settings, seed
-
-    def verdicts(self, requests: Sequence[tuple[str, str]], progress: Optional[ProgressFn] = None) -> list[Verdict]:
-        chunk = 4 * self.settings.concurrency  # requests per progress report, enough to keep the endpoint busy
-        out: list[Verdict] = []
-        for start in range(0, len(requests), chunk):
-            prompts = [p + s for p, s in requests[start:start + chunk]]
-            gens = openai_api.generate(prompts, self.settings, n=1, temperature=0.0, top_p=1.0,
-                                       max_new_tokens=VERDICT_TOKENS, seed=self.seed + start, desc="judge")
-            out += [Verdict(parse_verdict(g.text), raw=g.text) for g in gens]
-            if progress:
-                progress(len(out) / len(requests))
-        return out
+@dataclass(frozen=True)
+class JudgeLoad:
+    """How the hf judge's model is loaded (``models.load_model``): by default no revision pin, no
+    remote code and safetensors only."""
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    use_safetensors: bool = True
 
 
-def make_judge(judge_cfg: Any, cache_dir: str, device: str, dtype: str, seed: int) -> tuple[Judge, Any]:
+def judge_load(judge_cfg: Any, teacher_cfg: Any) -> JudgeLoad:
+    """The teacher's ``revision``, ``trust_remote_code`` and ``use_safetensors`` when the judge model is
+    the teacher's (``eval.judge.model`` is ``teacher.model``, its default); otherwise ``JudgeLoad()``:
+    ``eval.judge`` has no such keys, so another model gets no pin, no remote code and no pickle weights."""
+    if judge_cfg.model == teacher_cfg.model:
+        return JudgeLoad(teacher_cfg.revision, teacher_cfg.trust_remote_code, teacher_cfg.use_safetensors)
+    return JudgeLoad()
+
+
+def make_judge(judge_cfg: Any, cache_dir: str, device: str, dtype: str, seed: int,
+               load: JudgeLoad = JudgeLoad()) -> tuple[Judge, Any]:
     """The judge of ``eval.judge`` and the tokenizer that counts its prompt's tokens (for truncation):
-    hf loads ``judge_cfg.model`` in ``dtype``; openai checks ``judge_cfg.api`` and loads nothing."""
+    hf loads ``judge_cfg.model`` with ``load`` (``judge_load``) in ``dtype``; openai checks
+    ``judge_cfg.api`` and loads nothing."""
     if judge_cfg.backend == "hf":
-        model, tokenizer = models.load_model(judge_cfg.model, cache_dir, device=device)
+        try:
+            check_weights(models.resolve_model_path(judge_cfg.model, cache_dir), load.use_safetensors,
+                          "teacher.use_safetensors=false with eval.judge.model=${teacher.model} (a judge model "
+                          "that is not the teacher's loads safetensors only)")
+        except ValueError as err:
+            raise JudgeError(f"eval.judge.model: {err}") from None
+        model, tokenizer = models.load_model(judge_cfg.model, cache_dir, load.revision, load.trust_remote_code,
+                                             load.use_safetensors, device)
         return HFJudge(models.cast(model, dtype), tokenizer), tokenizer
     if judge_cfg.backend == "openai":
         settings = openai_api.ApiSettings.from_config(judge_cfg.api).check("eval.judge.api")

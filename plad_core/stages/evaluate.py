@@ -21,6 +21,7 @@ from plad_core.evaluation import metrics as eval_lib
 from plad_core.models import load_teacher
 from plad_core.progress import ProgressCallback, Steps
 from plad_core.report import evaluation as report
+from plad_core.sampling import openai_api
 from plad_core.stages.checks import calibration_k
 from plad_core.stages.inputs import (
     dev_frames,
@@ -31,6 +32,7 @@ from plad_core.stages.inputs import (
 from plad_core.stages.keys import (
     CALIBRATION_SLICE,
     GENERATION_SLICE,
+    api_identity,
     judge_identity,
     judge_prompt,
     materialize,
@@ -56,11 +58,26 @@ def dev_calibration_samples(model: Any, tokenizer: Any, system: str, dev: pd.Dat
     return dev_outputs.calibration_samples(model, tokenizer, system, rows, prompts, cfg)
 
 
+def teacher_api(cfg: DictConfig) -> openai_api.ApiSettings | None:
+    """The teacher's endpoint (``teacher.sampling.api``, checked) when it is behind an API, else None."""
+    if cfg.teacher.sampling.backend != "openai":
+        return None
+    return openai_api.ApiSettings.from_config(cfg.teacher.sampling.api).check("teacher.sampling.api")
+
+
+def dev_teacher_identity(cfg: DictConfig) -> dict[str, Any]:
+    """The teacher in the dev outputs' and evaluate's keys: the endpoint behind an API, else its weights."""
+    api = teacher_api(cfg)
+    return api_identity(api) if api else teacher_identity(cfg)
+
+
 def run_dev_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model: Artifact | None = None,
                     force: bool = False, on_calibration: Callable[[], None] | None = None) -> Artifact:
     """One model's outputs on the dev split, cached apart from the evaluations that read them.
 
-    ``model`` None is the teacher (keyed by its fingerprint and ``teacher.prompt``); otherwise a student
+    ``model`` None is the teacher (keyed by its fingerprint and ``teacher.prompt``; with
+    ``teacher.sampling.backend=openai``, greedy answers of ``teacher.sampling.api``, keyed by the
+    endpoint, and no model is loaded here: ``dev_teacher_identity``); otherwise a student
     artifact, ``sft_student`` or ``calibrate`` (keyed by its artifact key and ``student.prompt``), which
     also gets ``eval.calibration_samples`` scored samples per prompt when that is > 0. Writes
     generations.parquet (id, text, output_tokens, rouge1, rouge2, rougeL: greedy, ROUGE F1 against the
@@ -68,20 +85,29 @@ def run_dev_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model
     columns). Neither has a system column: one model is "plad" in an evaluation and "seqkd" in a table,
     so readers name it (``dev_frames``). ``on_calibration()`` is called as calibration sampling starts."""
     teacher = model is None
+    api = teacher_api(cfg) if teacher else None
     k = calibration_k(cfg)
     sampled = not teacher and k > 0
-    config = {**config_slice(cfg, GENERATION_SLICE + (CALIBRATION_SLICE if sampled else [])),
-              **({"teacher": teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])} if teacher
+    # an endpoint's batching and precision are not ours to set: as in sample_teacher's key, they are out
+    generation = [p for p in GENERATION_SLICE if not api or p not in ("eval.batch_size", "eval.dtype")]
+    config = {**config_slice(cfg, generation + (CALIBRATION_SLICE if sampled else [])),
+              **({"teacher": dev_teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])} if teacher
                  else config_slice(cfg, ["student.prompt"]))}
     upstream = [data] if teacher else [data, model]
     label = "teacher" if teacher else model.stage
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         dev = read_split(data, "dev")
-        loaded, prompt_cfg = ((load_teacher(cfg), cfg.teacher.prompt) if teacher
-                              else (load_artifact_model(model, cfg), cfg.student.prompt))
-        started = time.perf_counter()
-        generations = dev_generations(*loaded, label, dev, data, prompt_cfg, cfg).drop(columns="system")
+        if api:
+            prompts, _ = prompts_for(dev, data, cfg.teacher.prompt, openai_api.CharTokens())
+            started = time.perf_counter()
+            generations = dev_outputs.api_generate_and_score(api, label, dev, prompts, cfg)
+        else:
+            loaded, prompt_cfg = ((load_teacher(cfg), cfg.teacher.prompt) if teacher
+                                  else (load_artifact_model(model, cfg), cfg.student.prompt))
+            started = time.perf_counter()
+            generations = dev_generations(*loaded, label, dev, data, prompt_cfg, cfg)
+        generations = generations.drop(columns="system")
         generations.to_parquet(out / "generations.parquet", index=False)
         seconds = {"generate": round(time.perf_counter() - started, 1)}
         stats: dict[str, Any] = {"rows": len(generations), "rougeL": float(generations["rougeL"].mean())}
@@ -114,7 +140,8 @@ def run_judgments(cfg: DictConfig, store: ArtifactStore, data: Artifact, outputs
         dev = read_split(data, "dev")
         generations = pd.concat([dev_frames(a, name)[0] for name, a in outputs.items()], ignore_index=True)
         started = time.perf_counter()
-        judge, counter = judge_lib.make_judge(j, cfg.cache_dir, cfg.device, e.dtype, e.seed)
+        judge, counter = judge_lib.make_judge(j, cfg.cache_dir, cfg.device, e.dtype, e.seed,
+                                              judge_lib.judge_load(j, cfg.teacher))
         prompt = judge_prompt(cfg)
         prefixes = prompt.fill_prefixes(dev.head(j.rows) if j.rows > 0 else dev, counter, j.max_tokens,
                                         data_lib.task_spec(cfg.data.task))
@@ -234,7 +261,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
     called as each system, the calibration sampling and the judge advance (``plad_core.progress``)."""
     systems = list(cfg.eval.systems)
     config = {**config_slice(cfg, ["eval", "student.prompt"]),
-              **({"teacher": teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
+              **({"teacher": dev_teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
                  if "teacher" in systems else {})}
     config["eval"] = {**config["eval"], "judge": judge_identity(cfg)}
     upstream = [data, sft, calibrated]

@@ -94,7 +94,7 @@ def judge_identity(cfg: DictConfig) -> dict[str, Any]:
     if j.backend == "openai":
         model = api_identity(openai_api.ApiSettings.from_config(j.api).check("eval.judge.api"))
     elif j.backend == "hf":
-        model = models.model_fingerprint(j.model, cache_dir=cfg.cache_dir)
+        model = models.model_fingerprint(j.model, judge_lib.judge_load(j, cfg.teacher).revision, cfg.cache_dir)
     else:
         raise ValueError(f"eval.judge.backend='{j.backend}' is not a judge backend; use hf or openai")
     return {"enabled": True, "backend": j.backend, "model": model, "prompt": j.prompt,

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from plad_core import data as data_lib
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
+from plad_core.config import ConfigError
+from plad_core.config.checks import STUDENT_FROM_API_TEACHER
 from plad_core.evaluation.perplexity import perplexity
 from plad_core.models import MODEL_DIR
 from plad_core.stages.inputs import load_artifact_model, prompts_for, read_split
@@ -65,8 +67,11 @@ def _slice_and_heal(cfg: DictConfig, data: Artifact, out: Path, work: Path) -> d
 
 
 def run_init_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, force: bool = False) -> Artifact:
-    """The student before SFT: the configured model, or a layer slice of the teacher healed by token KD."""
+    """The student before SFT: the configured model, or a layer slice of the teacher healed by token KD
+    (never of a teacher behind an API: ``load_config`` refuses that, as does this for a config built otherwise)."""
     s = cfg.student
+    if not s.model and cfg.teacher.sampling.backend == "openai":
+        raise ConfigError(STUDENT_FROM_API_TEACHER)
     if s.model:
         config = {"student": models.model_fingerprint(s.model, s.revision, cfg.cache_dir)}
         upstream: list[Artifact] = []

@@ -1,5 +1,6 @@
 """The pairwise judge: win-rate aggregation with swapped orders and ties (a scripted judge, hand-computed
-rates), verdict parsing, prompt checks, the hf judge on a tiny model and the openai judge on the real server."""
+rates), verdict parsing, prompt checks, the hf judge on a tiny model (loaded with the teacher's settings when it
+is the teacher, refusing pickle weights otherwise) and the openai judge on the real server."""
 
 import math
 
@@ -12,14 +13,15 @@ from plad_core.data import TASKS
 from plad_core.evaluation.judge import (
     HFJudge,
     JudgeError,
+    JudgeLoad,
     JudgePrompt,
-    OpenAIJudge,
-    Verdict,
+    judge_load,
     judge_systems,
+    make_judge,
     opponents,
-    parse_verdict,
     win_rates,
 )
+from plad_core.evaluation.judge_api import OpenAIJudge, Verdict, parse_verdict
 from plad_core.progress import Steps
 from plad_core.stats import bootstrap_ci
 
@@ -181,3 +183,44 @@ def test_openai_judge_parses_the_servers_answers(tmp_path):
         state = httpx.get(base_url.removesuffix("/v1") + "/_test/state", timeout=10).json()
     assert state["requests"] == {"/v1/chat/completions": 2}
     assert all(v.choice == parse_verdict(v.raw) and math.isnan(v.logp_a) for v in verdicts)
+
+
+def test_the_judge_takes_the_teachers_load_settings_only_when_it_is_the_teacher():
+    from plad_core.config import load_config
+    from plad_core.stages.keys import judge_identity
+
+    teacher = ["teacher.model=org/judge-model", "teacher.revision=abc123", "teacher.trust_remote_code=true",
+               "teacher.use_safetensors=false"]
+    cfg = load_config("base", teacher)  # eval.judge.model is ${teacher.model}
+    assert judge_load(cfg.eval.judge, cfg.teacher) == JudgeLoad("abc123", True, False)
+    assert judge_identity(cfg)["model"] == {"spec": "org/judge-model", "revision": "abc123"}
+    other = load_config("base", teacher + ["eval.judge.model=org/other-judge"])
+    assert judge_load(other.eval.judge, other.teacher) == JudgeLoad(None, False, True)
+    assert judge_identity(other)["model"] == {"spec": "org/other-judge", "revision": None}
+
+
+@pytest.mark.slow
+def test_the_hf_judge_refuses_pickle_weights_unless_the_teacher_allows_them(tmp_path):
+    from sampling.pickle_model import make_bin_only_model
+    from tiny import CACHE
+
+    from plad_core.config import load_config
+
+    bin_only = make_bin_only_model(tmp_path / "bin-only", layers=2)
+    other = make_bin_only_model(tmp_path / "other-bin-only", layers=2, seed=1)
+
+    def judge_for(*overrides):
+        cfg = load_config("base", [f"teacher.model={bin_only}", *overrides])
+        return make_judge(cfg.eval.judge, CACHE, "cpu", "float32", 0, judge_load(cfg.eval.judge, cfg.teacher))
+
+    refused = r"eval.judge.model: .*holds no \*.safetensors weights, only pickle checkpoints \(pytorch_model.bin\)"
+    with pytest.raises(JudgeError, match=refused + ".*set teacher.use_safetensors=false"):
+        judge_for()
+    # a judge model that is not the teacher's loads safetensors only, whatever the teacher allows
+    with pytest.raises(JudgeError, match=refused):
+        judge_for("teacher.use_safetensors=false", f"eval.judge.model={other}")
+    judge, counter = judge_for("teacher.use_safetensors=false")  # the teacher's model, as the teacher loads it
+    weights = torch.load(bin_only / "pytorch_model.bin", weights_only=True)
+    loaded = judge.model.state_dict()
+    assert isinstance(judge, HFJudge) and counter is judge.tokenizer
+    assert all(torch.equal(loaded[name].float(), tensor.float()) for name, tensor in weights.items())

@@ -131,7 +131,8 @@ def test_artifact_key_slices():
     assert hf_slice == keys.sampling_slice(base, "teacher", "hf")
     assert hf_slice["teacher.sampling"]["backend"] == "hf" and "api" not in hf_slice["teacher.sampling"]
     # openai: the endpoint and served name identify the teacher; throughput knobs do not
-    over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=served"]
+    over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=served",
+            "student.model=some/student", "eval.judge.enabled=false"]  # what an API teacher needs besides
     a = load_config("base", over)
     b = load_config("base", over + ["teacher.sampling.api.concurrency=64", "teacher.sampling.api.max_retries=1",
                                     "teacher.sampling.api.api_key_env=OTHER", "teacher.sampling.dtype=float32"])
@@ -156,8 +157,9 @@ def test_a_key_goes_over_plain_http_to_loopback_only():
     with pytest.raises(ValueError, match="^" + re.escape(message) + ".*teacher.sampling.api.api_key_env=''"):
         ApiSettings(base_url="http://example.com/v1", **keyed).check("teacher.sampling.api")
     # the stages and the judge check their endpoint under its own config path, before anything runs
-    over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=m",
-            "teacher.sampling.api.base_url=http://example.com/v1", "teacher.sampling.api.api_key_env=PLAD_TEST_KEY"]
+    over = ["teacher.sampling.backend=openai", "teacher.sampling.api.model=m", "student.model=s",
+            "eval.judge.enabled=false", "teacher.sampling.api.base_url=http://example.com/v1",
+            "teacher.sampling.api.api_key_env=PLAD_TEST_KEY"]
     with pytest.raises(ValueError, match=re.escape("teacher.sampling.api.base_url='http://example.com/v1' is plain")):
         stage_sampling._sampling(load_config("base", over), "sample_teacher", None)
     judge = load_config("base", ["eval.judge.backend=openai", "eval.judge.api.model=m",
@@ -218,7 +220,8 @@ def test_sample_teacher_over_the_api_sends_the_key_and_never_stores_it(tiny, pla
         "teacher.sampling.backend=openai", f"teacher.sampling.api.base_url={plain_server}",
         f"teacher.sampling.api.model={tiny}", "teacher.sampling.api.api_key_env=PLAD_TEST_KEY",
         "teacher.sampling.api.backoff_base_s=0.001", "teacher.sampling.shard_size=4",
-        "teacher.prompt.fewshot_k=0", "teacher.prompt.max_tokens=48"]
+        "teacher.prompt.fewshot_k=0", "teacher.prompt.max_tokens=48", f"student.model={tiny}",
+        "eval.judge.enabled=false"]
     cfg = load_config("base", over)
     store = ArtifactStore(Path(cfg.artifacts_root))
     art = stages.run_stage("sample_teacher", cfg, store)
