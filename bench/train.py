@@ -178,8 +178,8 @@ def compare(args) -> None:
     print(f"one calibration epoch, {args.pairs} real TL;DR pairs, {'SmolLM2-135M (30 layers)' if args.full else 'SmolLM2-135M sliced to the demo 8 layers'}, "
           f"{args.batch_size} pairs x {args.grad_accum} accumulation per step, {args.precision}, max_len {args.max_len}, "
           f"beta {args.beta}, seed {args.seed}, device {args.device}, {args.threads} torch threads")
-    print(f"loss: relu(1 - beta (log P(y_T|x) - log P(y_S|x))), summed log-probs; TRL CPOTrainer(loss_type='hinge', "
-          f"cpo_alpha=0); ours train.loss=cpo_hinge")
+    print("loss: relu(1 - beta (log P(y_T|x) - log P(y_S|x))), summed log-probs; TRL CPOTrainer(loss_type='hinge', "
+          "cpo_alpha=0); ours train.loss=cpo_hinge")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.2f} at start", flush=True)
     passed = [a for a in sys.argv[1:]]

@@ -91,7 +91,7 @@ def mfu(args) -> None:
     print(f"check, first batch: shared_prefix vs concatenated summed log-probs, max |diff| "
           f"{(shared - concat).abs().max():.3g} (of |log P| up to {concat.abs().max():.0f})")
     optim = dict(lr=args.lr, epochs=1, schedule="cosine", grad_clip=1.0, bf16=False, seed=args.seed)
-    print(f"\n| pair forward | seconds | tokens/s | model TFLOP/s | MFU | peak memory GiB |")
+    print("\n| pair forward | seconds | tokens/s | model TFLOP/s | MFU | peak memory GiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for pair_forward in ("shared_prefix", "concatenated"):
         step = calibration_step(model, "cpo_hinge", args.beta, pair_forward=pair_forward)

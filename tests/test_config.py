@@ -140,7 +140,7 @@ def test_choices_equal_the_code_registries():
     assert CHOICES["student.sampling.backend"] == tuple(registry("STUDENT_BACKENDS", "plad_core.stages.sampling"))
     assert CHOICES["teacher.sampling.compile"] == tuple(registry("COMPILE_SETTINGS", "plad_core.sampling.vllm_backend"))
     assert CHOICES["teacher.sampling.dtype"] == ("auto", *registry("DTYPES", "plad_core.models"))
-    assert CHOICES["teacher.sampling.api.mode"] == tuple(registry("MODES", "plad_core.sampling.openai_api"))
+    assert CHOICES["teacher.sampling.api.mode"] == tuple(registry("MODES", "plad_core.sampling.api_settings"))
     assert CHOICES["promotion.metric"] == tuple(registry("ROUGE_TYPES", "plad_core.rouge"))
     assert CHOICES["runner.kind"] == tuple(registry("RUNNER_KINDS", "flows.distill"))
     assert CHOICES["data.task"] == tuple(TASKS)

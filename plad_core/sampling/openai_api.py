@@ -23,26 +23,23 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import ipaddress
 import logging
 import os
 import random
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import fields
 from typing import Any, Optional, Sequence
 from urllib.parse import urlsplit
 
 import httpx
 from tqdm.auto import tqdm
 
-from plad_core.config import ApiConfig
+from plad_core.sampling.api_settings import ApiSettings, refuse_cleartext_key
 from plad_core.sampling.generation import Generation, cut_at_stop
 
 log = logging.getLogger("plad.sampling.openai")
 
-MODES = ("completions", "chat")
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 # Retry-After is honoured as sent, but never beyond this: a buggy header must not stall a run for hours.
 MAX_RETRY_AFTER_S = 300.0
@@ -68,60 +65,6 @@ class CharTokens:
 
 def estimate_tokens(text: str) -> int:
     return -(-len(text) // CHARS_PER_TOKEN)
-
-
-def is_loopback(host: Optional[str]) -> bool:
-    """Whether ``host`` is this machine: localhost, 127.0.0.0/8 or ::1."""
-    if not host:
-        return False
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def cleartext_to_remote(base_url: str) -> bool:
-    """Whether requests to ``base_url`` would cross a network unencrypted: plain http, not loopback."""
-    url = urlsplit(base_url)
-    return url.scheme == "http" and not is_loopback(url.hostname)
-
-
-def refuse_cleartext_key(base_url: str, where: str) -> Optional[str]:
-    if cleartext_to_remote(base_url):
-        return (f"{where}.base_url='{base_url}' is plain http:// to another host: the API key would cross the "
-                f"network unencrypted. Use https://, a loopback address (127.0.0.1, ::1, localhost), "
-                f"or set {where}.api_key_env='' to send no key")
-    return None
-
-
-class ApiSettings(ApiConfig):
-    """The ``<side>.sampling.api`` config (``plad_core.config.ApiConfig``) with its checks."""
-
-    @classmethod
-    def from_config(cls, api: Any) -> "ApiSettings":
-        return cls(**{f.name: api[f.name] for f in fields(ApiConfig)})
-
-    def check(self, where: str = "sampling.api") -> "ApiSettings":
-        problems = []
-        if not self.base_url or urlsplit(self.base_url).scheme not in ("http", "https"):
-            problems.append(f"{where}.base_url='{self.base_url}' must be an http(s) URL such as http://127.0.0.1:8000/v1")
-        elif urlsplit(self.base_url).username or urlsplit(self.base_url).query:
-            # the URL goes into artifact keys and manifests: no credentials or tokens in it
-            problems.append(f"{where}.base_url must not carry credentials or a query; put the key in an environment "
-                            f"variable and name it in {where}.api_key_env")
-        elif self.api_key_env and (problem := refuse_cleartext_key(self.base_url, where)):
-            problems.append(problem)
-        if not self.model:
-            problems.append(f"{where}.model is empty: set the served model name (GET <base_url>/models lists them)")
-        if self.mode not in MODES:
-            problems.append(f"{where}.mode='{self.mode}' must be one of {', '.join(MODES)}")
-        if self.concurrency < 1 or self.max_retries < 0 or self.timeout_s <= 0:
-            problems.append(f"{where}: concurrency >= 1, max_retries >= 0 and timeout_s > 0 are required")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
 
 
 def api_root(base_url: str) -> str:

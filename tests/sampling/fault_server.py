@@ -22,7 +22,6 @@ import os
 if __name__ == "__main__":
     os.environ.setdefault("TQDM_DISABLE", "1")  # no progress bar per request in the server's log
 
-import argparse
 import logging
 import re
 import signal

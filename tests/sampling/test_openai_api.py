@@ -23,13 +23,13 @@ from plad_core.models import load_tokenizer
 from plad_core.sampling import check_backend
 from plad_core.evaluation.judge import make_judge
 from plad_core.sampling import server
+from plad_core.sampling.api_settings import is_loopback
 from plad_core.sampling.openai_api import (
     ApiError,
     ApiSettings,
     CharTokens,
     api_root,
     generate,
-    is_loopback,
     parse_retry_after,
     retry_delay,
 )
