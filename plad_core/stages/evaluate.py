@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from plad_core import data as data_lib
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.config import config_slice
 from plad_core.evaluation import dev_outputs
 from plad_core.evaluation import judge as judge_lib
 from plad_core.evaluation import metrics as eval_lib
@@ -33,6 +32,7 @@ from plad_core.stages.keys import (
     GENERATION_SLICE,
     judge_identity,
     judge_prompt,
+    keyed_slice,
     materialize,
     stage_key,
     teacher_identity,
@@ -74,9 +74,9 @@ def run_dev_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model
     teacher = model is None
     k = calibration_k(cfg)
     sampled = not teacher and k > 0
-    config = {**config_slice(cfg, GENERATION_SLICE + (CALIBRATION_SLICE if sampled else [])),
-              **({"teacher": teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])} if teacher
-                 else config_slice(cfg, ["student.prompt"]))}
+    config = {**keyed_slice(cfg, GENERATION_SLICE + (CALIBRATION_SLICE if sampled else [])),
+              **({"teacher": teacher_identity(cfg), **keyed_slice(cfg, ["teacher.prompt"])} if teacher
+                 else keyed_slice(cfg, ["student.prompt"]))}
     upstream = [data] if teacher else [data, model]
     label = "teacher" if teacher else model.stage
 
@@ -237,8 +237,8 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
     (the report's summary, published by the flow). ``progress(fraction, message)``, when given, is
     called as each system, the calibration sampling and the judge advance (``plad_core.progress``)."""
     systems = list(cfg.eval.systems)
-    config = {**config_slice(cfg, ["eval", "student.prompt"]),
-              **({"teacher": teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
+    config = {**keyed_slice(cfg, ["eval", "student.prompt"]),
+              **({"teacher": teacher_identity(cfg), **keyed_slice(cfg, ["teacher.prompt"])}
                  if "teacher" in systems else {})}
     config["eval"] = {**config["eval"], "judge": judge_identity(cfg)}
     upstream = [data, sft, calibrated]

@@ -19,7 +19,7 @@ from plad_core.models import MODEL_DIR
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
 from plad_core.stages.checks import check_train_loss, check_unlabeled_fraction
 from plad_core.stages.inputs import load_artifact_model, read_split
-from plad_core.stages.keys import materialize, teacher_identity
+from plad_core.stages.keys import materialize, precision, teacher_identity
 from plad_core.training import reference_scores
 from plad_core.training.batches import encode_pairs
 from plad_core.training.calibrate import check_teacher_tokenizer
@@ -66,9 +66,10 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
     check_train_loss(cfg)
     o = cfg.train.optim
     scorers = list(STORED_SCORERS.get(cfg.train.loss, ()))
+    bf16 = precision(cfg, "train.optim.bf16")
     config: dict[str, Any] = {"train.optim.max_seq_len": o.max_seq_len, "scorers": scorers}
     if scorers:
-        config["train.optim.bf16"] = o.bf16  # scored in the precision training runs in
+        config["train.optim.bf16"] = bf16  # scored in the precision training runs in
     if "teacher" in scorers:
         config["teacher"] = teacher_identity(cfg)
 
@@ -80,7 +81,7 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
         loaders = {"reference": lambda: load_artifact_model(sft, cfg)[0], "teacher": lambda: models.load_teacher(cfg)[0]}
         frozen = {name: loaders[name]() for name in scorers}
         scores = reference_scores.score_pairs(frame, encode_pairs(frame, tokenizer, o.max_seq_len), tokenizer.pad_token_id,
-                                     frozen, 2 * o.batch_size, o.bf16)
+                                     frozen, 2 * o.batch_size, bf16)
         pq.write_table(pa.Table.from_pandas(scores, schema=reference_scores.SCORES_SCHEMA, preserve_index=False),
                        out / "scores.parquet")
         stats: dict[str, Any] = {"rows": len(scores), "scorers": scorers}
