@@ -33,6 +33,13 @@ def make_tiny_model(out: Path, layers: int = 4, seed: int = 0, hidden: int = 64)
     return out
 
 
+# The suite's numbers must not depend on the machine: float32 everywhere, rather than auto's bf16 on a
+# GPU or an AVX512-BF16/AMX CPU (and auto is float32 on an AVX2 CPU, where bf16 is 15-75x slower).
+# tests/stages/test_precision.py tests auto itself.
+FLOAT32 = ["teacher.sampling.dtype=float32", "student.sampling.dtype=float32", "eval.dtype=float32",
+           "student.heal.bf16=false", "sft.bf16=false", "train.optim.bf16=false"]
+
+
 def tiny_overrides(root: Path, teacher: Path, data: Path = TLDR) -> list[str]:
     """A whole-pipeline config on 16 real rows and tiny models: runs in seconds."""
     return [f"data.path={data}", "data.n_labeled=6", "data.n_unlabeled=6", "data.n_dev=4",
@@ -43,4 +50,4 @@ def tiny_overrides(root: Path, teacher: Path, data: Path = TLDR) -> list[str]:
             "sft.batch_size=2", "train.optim.batch_size=2",
             # not auto's vllm: these models' 16-wide attention heads are below vLLM's CPU kernels' minimum
             # of 32, and an engine start would outlast the whole run (tests/test_vllm_backend.py runs vLLM)
-            "teacher.sampling.backend=hf", "student.sampling.backend=hf"]
+            "teacher.sampling.backend=hf", "student.sampling.backend=hf", *FLOAT32]

@@ -52,6 +52,19 @@ def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teach
                        build, force)
 
 
+def score_pairs_config(cfg: DictConfig) -> dict[str, Any]:
+    """score_pairs' key config: what it computes (the scorers ``train.loss`` needs, ``max_seq_len``, and
+    for any scorer the precision training runs in, as resolved), not the loss name."""
+    o = cfg.train.optim
+    scorers = list(STORED_SCORERS.get(cfg.train.loss, ()))
+    config: dict[str, Any] = {"train.optim.max_seq_len": o.max_seq_len, "scorers": scorers}
+    if scorers:
+        config["train.optim.bf16"] = precision(cfg, "train.optim.bf16")
+    if "teacher" in scorers:
+        config["teacher"] = teacher_identity(cfg)
+    return config
+
+
 def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,
                     force: bool = False) -> Artifact:
     """Per-pair scores under frozen models, computed once (``scores.parquet``, ``reference_scores.SCORES_SCHEMA``,
@@ -65,13 +78,8 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
     """
     check_train_loss(cfg)
     o = cfg.train.optim
-    scorers = list(STORED_SCORERS.get(cfg.train.loss, ()))
-    bf16 = precision(cfg, "train.optim.bf16")
-    config: dict[str, Any] = {"train.optim.max_seq_len": o.max_seq_len, "scorers": scorers}
-    if scorers:
-        config["train.optim.bf16"] = bf16  # scored in the precision training runs in
-    if "teacher" in scorers:
-        config["teacher"] = teacher_identity(cfg)
+    config = score_pairs_config(cfg)
+    scorers, bf16 = config["scorers"], precision(cfg, "train.optim.bf16")
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         tokenizer = models.load_tokenizer(str(sft.file(MODEL_DIR)))
