@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import CACHE, make_tiny_model
+from tiny import AMX, AVX2, AVX512, AVX512_BF16, CACHE, fake_cpu, make_tiny_model
 
 from plad_core import models
 from plad_core.models import (
@@ -61,18 +61,6 @@ def test_embedded_teacher_is_real_smollm2():
 
 
 # --- precision follows the hardware -------------------------------------------------------------
-
-# CPU feature flags as torch.cpu.get_capabilities() names them (the rest of its mapping left out)
-AVX2 = {"avx": True, "avx2": True, "fma3": True, "avx512_f": False, "avx512_bw": False, "avx512_vnni": False,
-        "avx512_bf16": False, "amx_tile": False, "amx_bf16": False}
-AVX512 = {**AVX2, "avx512_f": True, "avx512_bw": True, "avx512_vnni": True}  # Skylake-X/Cascade Lake, Zen 4 w/o BF16
-AVX512_BF16 = {**AVX512, "avx512_bf16": True}
-AMX = {**AVX512, "amx_tile": True, "amx_bf16": True}  # amx_bf16 alone suffices (Sapphire Rapids has both)
-
-
-def fake_cpu(monkeypatch, features):
-    monkeypatch.setattr(models, "cpu_features", lambda: dict(features))
-
 
 @pytest.mark.parametrize("features, fast", [(AVX2, False), (AVX512, False), (AVX512_BF16, True), (AMX, True)],
                          ids=["AVX2", "AVX512", "AVX512_BF16", "AMX"])
