@@ -188,8 +188,12 @@ def cuda_bf16(index: int | None) -> bool:
     or ROCm), not by emulation; False without a CUDA GPU."""
     if not torch.cuda.is_available():
         return False
-    index = torch.cuda.current_device() if index is None else index
-    return bool(torch.version.hip) or torch.cuda.get_device_properties(index).major >= 8
+    if torch.version.hip:
+        return True
+    try:
+        return torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).major >= 8
+    except (AssertionError, RuntimeError):  # a GPU torch cannot query (a CPU build, a broken driver)
+        return False
 
 
 def fast_bf16(device: str | torch.device) -> bool:
