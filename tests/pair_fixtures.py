@@ -16,6 +16,6 @@ def tldr_pairs(n: int, post_chars: int = 300) -> pd.DataFrame:
 
 def trainer_overrides(**train: object) -> list[str]:
     """A base config for the trainer tests: fp32, a rate that moves a tiny model, every mechanism on."""
-    values = {"optim.batch_size": 3, "optim.grad_accum": 2, "optim.lr": 1e-3, "optim.checkpoint_every": 1,
-              "eval_fraction": 0.15, "eval_every": 2, **train}
+    values = {"optim.bf16": False, "optim.batch_size": 3, "optim.grad_accum": 2, "optim.lr": 1e-3,
+              "optim.checkpoint_every": 1, "eval_fraction": 0.15, "eval_every": 2, **train}
     return [f"cache_dir={CACHE}", *(f"train.{k}={v}" for k, v in values.items())]

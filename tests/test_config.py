@@ -99,6 +99,7 @@ CHOICES = {
     "train.keep": ("last", "best"),
     "train.launch.strategy": ("ddp", "fsdp"),
     "eval.dtype": ("auto", "float32", "bfloat16", "float16"),
+    **{f"{node}.bf16": ("auto", True, False) for node in ("student.heal", "sft", "train.optim")},
     "eval.systems": ("teacher", "sft", "plad"),
     "eval.judge.backend": ("hf", "openai"),
     "eval.judge.api.mode": ("completions", "chat"),
@@ -165,7 +166,7 @@ def test_a_bad_choice_fails_at_load_naming_path_value_and_choices(path):
         load_config("tldr", [override])
     message = str(err.value)
     assert (f"{path}[1]='bogus'" if is_list else f"{path}='bogus'") in message
-    assert ", ".join(CHOICES[path]) in message
+    assert ", ".join(map(str, CHOICES[path])) in message
     assert f"override '{override}'" in message
 
 
@@ -192,7 +193,8 @@ def test_a_value_out_of_range_fails_at_load(override, expected):
 @pytest.mark.parametrize("override", ["data.n_dev=0", "eval.calibration_samples=0", "eval.calibration_samples=2",
                                       "teacher.sampling.top_p=1", "teacher.sampling.temperature=0", "device=cuda:1",
                                       "teacher.sampling.compile=true", "student.sampling.compile=False",
-                                      "teacher.sampling.dtype=auto", "student.sampling.dtype=auto", "eval.dtype=auto"])
+                                      "teacher.sampling.dtype=auto", "student.sampling.dtype=auto", "eval.dtype=auto",
+                                      "student.heal.bf16=true", "sft.bf16=False", "train.optim.bf16=auto"])
 def test_values_at_the_edges_and_auto_dtypes_load(override):
     load_config("tldr", [override])
 

@@ -1,7 +1,10 @@
+from pathlib import Path
+
 import pytest
 import torch
-from tiny import CACHE, make_tiny_model
+from tiny import AMX, AVX2, AVX512, AVX512_BF16, CACHE, fake_cpu, make_tiny_model
 
+from plad_core import models
 from plad_core.models import (
     ModelError,
     load_model,
@@ -86,3 +89,66 @@ def test_a_model_folder_is_known_by_its_files_contents_not_its_place_or_mtimes(t
     digests[str((second / "model.safetensors").resolve())][-1] = "cached"
     (cache / "file_sha256.json").write_text(json.dumps(digests))
     assert model_fingerprint(str(second), cache_dir=cache)["files"]["model.safetensors"] == "cached"
+
+
+# --- precision follows the hardware -------------------------------------------------------------
+
+@pytest.mark.parametrize("features, fast", [(AVX2, False), (AVX512, False), (AVX512_BF16, True), (AMX, True)],
+                         ids=["AVX2", "AVX512", "AVX512_BF16", "AMX"])
+def test_auto_is_bf16_only_on_cpus_with_bf16_instructions(monkeypatch, features, fast):
+    fake_cpu(monkeypatch, features)
+    assert models.resolve_dtype("auto", "cpu") == ("bfloat16" if fast else "float32")
+    assert models.resolve_dtype("auto", torch.device("cpu")) == ("bfloat16" if fast else "float32")
+    assert models.resolve_bf16("auto", "cpu") is fast
+    if not torch.cuda.is_available():  # device=auto is then the CPU
+        assert models.resolve_bf16("auto", "auto") is fast
+    # explicit settings are kept whatever the hardware
+    assert [models.resolve_dtype(d, "cpu") for d in ("float32", "bfloat16", "float16")] == ["float32", "bfloat16", "float16"]
+    assert (models.resolve_bf16(True, "cpu"), models.resolve_bf16(False, "cpu")) == (True, False)
+    # other accelerators: float32 (bf16 only where it is known to be fast), whatever the CPU
+    assert models.resolve_dtype("auto", "mps") == models.resolve_dtype("auto", "xpu:0") == "float32"
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_on_cuda_asks_the_gpu_not_the_cpu(monkeypatch, supported):
+    fake_cpu(monkeypatch, AMX if not supported else AVX2)  # the CPU's answer would be the opposite
+    asked = []
+    monkeypatch.setattr(models, "cuda_bf16", lambda index: asked.append(index) or supported)
+    assert models.resolve_dtype("auto", "cuda:1") == ("bfloat16" if supported else "float32")
+    assert models.resolve_bf16("auto", "cuda") is supported
+    assert asked == [1, None]  # the GPU named, else the current one
+
+
+def test_the_real_cuda_answer():
+    if not torch.cuda.is_available():
+        assert models.cuda_bf16(None) is False and models.resolve_dtype("auto", "cuda") == "float32"
+    else:  # compute capability 8.0+ (Ampere on) has bf16 tensor cores
+        assert models.cuda_bf16(None) is (torch.version.hip is not None or torch.cuda.get_device_capability()[0] >= 8)
+
+
+def test_the_real_cpu_answer_follows_the_kernels_flags():
+    """Unfaked: fast_bf16 on this CPU agrees with the flags Linux reports in /proc/cpuinfo."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file() or "flags" not in cpuinfo.read_text():
+        pytest.skip("no x86 /proc/cpuinfo flags here")
+    flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split(":")[1].split()}
+    expected = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert models.fast_bf16("cpu") is expected
+    assert models.resolve_dtype("auto", "cpu") == ("bfloat16" if expected else "float32")
+
+
+def test_bad_precision_settings_are_errors():
+    with pytest.raises(ModelError, match=r"dtype 'fp8' is not auto or one of float32, bfloat16, float16"):
+        models.resolve_dtype("fp8", "cpu")
+    for bad in ("yes", "True", 1):
+        with pytest.raises(ModelError, match=r"is not auto, true or false"):
+            models.resolve_bf16(bad, "cpu")
+
+
+def test_cast_auto_follows_the_models_device(monkeypatch, tmp_path):
+    model, _ = load_model(str(make_tiny_model(tmp_path / "m", layers=1, hidden=16)), tmp_path)
+    fake_cpu(monkeypatch, AVX2)
+    assert {p.dtype for p in models.cast(model, "auto").parameters()} == {torch.float32}
+    fake_cpu(monkeypatch, AMX)
+    assert {p.dtype for p in models.cast(model, "auto").parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in models.cast(model, "float32").parameters()} == {torch.float32}

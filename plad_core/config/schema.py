@@ -25,6 +25,7 @@ SEED = {"ge": 0}
 PROBABILITY = {"gt": 0, "le": 1}
 NON_EMPTY = (r"(?s).+", "a non-empty string")
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # plad_core.models.DTYPES, and auto (by hardware)
+BF16 = ("auto", True, False)  # bf16 autocast; auto: where bf16 is fast (plad_core.models.fast_bf16)
 SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
              "inverse_sqrt")  # transformers.get_scheduler names that need no extra arguments
 LOSSES = ("ranking", "margin", "simpo", "cpo_hinge", "dpo", "ipo", "dpkd", "seqkd", "token_kd")
@@ -76,7 +77,7 @@ class SamplingConfig:
     shard_size: int = _f(64, ge=1)
     seed: int = _f(0, **SEED)
     stop: list[str] = _f(lambda: ["\n"], pattern=NON_EMPTY)
-    dtype: str = _f("bfloat16", choices=DTYPES)
+    dtype: str = _f("auto", choices=DTYPES)
     compile: str = _f("auto", choices=("auto", "true", "false"), ignore_case=True)  # YAML true arrives as "True"
     api: ApiConfig = field(default_factory=ApiConfig)
 
@@ -111,7 +112,7 @@ class OptimConfig:
     epochs: int = _f(1, ge=1)
     max_steps: int = _f(0, ge=0)
     max_seq_len: int = _f(512, ge=1)
-    bf16: bool = False
+    bf16: Any = _f("auto", choices=BF16)  # Any: YAML's true/false stay bools beside "auto"
     seed: int = _f(0, **SEED)
     gradient_checkpointing: bool = False
     checkpoint_every: int = _f(25, ge=0)
@@ -124,7 +125,7 @@ class HealConfig:
     seq_len: int = _f(256, ge=1)
     lr: float = _f(1e-3, gt=0)
     temperature: float = _f(1.0, gt=0)
-    bf16: bool = True
+    bf16: Any = _f("auto", choices=BF16)
     seed: int = _f(0, **SEED)
     checkpoint_every: int = _f(25, ge=0)
 
@@ -193,7 +194,7 @@ class EvalConfig:
     batch_size: int = _f(16, ge=1)
     stop: list[str] = _f(lambda: ["\n"], pattern=NON_EMPTY)
     rouge_stemmer: bool = True
-    dtype: str = _f("bfloat16", choices=DTYPES)
+    dtype: str = _f("auto", choices=DTYPES)
     systems: list[str] = _f(lambda: list(SYSTEMS), choices=SYSTEMS)
     n_resamples: int = _f(1000, ge=1)
     seed: int = _f(0, **SEED)

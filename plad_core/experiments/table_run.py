@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 from omegaconf import DictConfig
 
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.config import config_slice, load_config
+from plad_core.config import load_config
 from plad_core.experiments.files import ExperimentPages, commit_experiment
 from plad_core.experiments.table import Run, TableExperiment, run_overrides
 from plad_core.experiments.table_data import table_json
@@ -26,6 +26,7 @@ from plad_core.stages import (
     run_dev_outputs,
     run_judgments,
 )
+from plad_core.stages.keys import keyed_slice
 
 STAGE = "table"
 SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sample_teacher", "sample_student", "build_pairs")
@@ -68,7 +69,7 @@ def run_table(exp: TableExperiment, extra: Optional[list[str]] = None, step: Tab
         runs.append(Run(name, seed, cfg.train.loss, cfg, calibrated, outputs[tag]))
     judged = step("judgments", base, store, data, outputs, label="judgments") if base.eval.judge.enabled else None
 
-    config = {"experiment": asdict(exp), "extra": extra, "eval": config_slice(base, ["eval"])["eval"]}
+    config = {"experiment": asdict(exp), "extra": extra, "eval": keyed_slice(base, ["eval"])["eval"]}
     upstream = {"build_pairs": pairs.key, "score_pairs (SFT log-probs)": before.key,
                 **{f"dev_outputs {n}": a.key for n, a in outputs.items()},
                 **{f"calibrate {r.label}": r.calibrated.key for r in runs},

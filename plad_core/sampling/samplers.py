@@ -30,7 +30,7 @@ class SamplerSpec:
     top_p: float
     max_new_tokens: int
     stop: tuple[str, ...]
-    dtype: str                    # hf, vllm
+    dtype: str                    # hf, vllm (auto: models.resolve_dtype on device)
     batch_size: int               # hf
     seed: int                     # vllm: LLM(seed=...); each call is reseeded with its shard's seed too
     compile: bool = False         # vllm: torch.compile (and CUDA graphs) instead of eager
@@ -56,7 +56,8 @@ def make_sampler(spec: SamplerSpec) -> GenerateFn:
                                stop=list(spec.stop), desc=spec.desc)
         return generate_hf
     if spec.backend == "vllm":
-        llm = vllm_backend.load(models.resolve_model_path(spec.model, spec.cache_dir), spec.dtype, spec.seed,
+        dtype = models.resolve_dtype(spec.dtype, spec.device)  # vLLM's own auto is the checkpoint's dtype
+        llm = vllm_backend.load(models.resolve_model_path(spec.model, spec.cache_dir), dtype, spec.seed,
                                 spec.compile, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
                                 use_safetensors=spec.use_safetensors)
 

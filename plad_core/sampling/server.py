@@ -241,7 +241,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on the first line)")
     p.add_argument("--cache-dir", default="data/cache", help="where embedded models are converted (cache_dir)")
-    p.add_argument("--dtype", default="bfloat16", choices=sorted(models.DTYPES))
+    p.add_argument("--dtype", default="auto", choices=["auto", *sorted(models.DTYPES)],
+                   help="auto (default): bfloat16 where bf16 is fast (a GPU with native bf16, an "
+                        "AVX512-BF16 or AMX CPU), else float32")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--api-key-env", default=None, help="require 'Authorization: Bearer $NAME' from clients")
     return p

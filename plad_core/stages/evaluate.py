@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from plad_core import data as data_lib
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.config import config_slice
 from plad_core.evaluation import dev_outputs
 from plad_core.evaluation import judge as judge_lib
 from plad_core.evaluation import metrics as eval_lib
@@ -35,6 +34,7 @@ from plad_core.stages.keys import (
     api_identity,
     judge_identity,
     judge_prompt,
+    keyed_slice,
     materialize,
     stage_key,
     teacher_identity,
@@ -90,9 +90,9 @@ def run_dev_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model
     sampled = not teacher and k > 0
     # an endpoint's batching and precision are not ours to set: as in sample_teacher's key, they are out
     generation = [p for p in GENERATION_SLICE if not api or p not in ("eval.batch_size", "eval.dtype")]
-    config = {**config_slice(cfg, generation + (CALIBRATION_SLICE if sampled else [])),
-              **({"teacher": dev_teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])} if teacher
-                 else config_slice(cfg, ["student.prompt"]))}
+    config = {**keyed_slice(cfg, generation + (CALIBRATION_SLICE if sampled else [])),
+              **({"teacher": dev_teacher_identity(cfg), **keyed_slice(cfg, ["teacher.prompt"])} if teacher
+                 else keyed_slice(cfg, ["student.prompt"]))}
     upstream = [data] if teacher else [data, model]
     label = "teacher" if teacher else model.stage
 
@@ -260,8 +260,8 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
     (the report's summary, published by the flow). ``progress(fraction, message)``, when given, is
     called as each system, the calibration sampling and the judge advance (``plad_core.progress``)."""
     systems = list(cfg.eval.systems)
-    config = {**config_slice(cfg, ["eval", "student.prompt"]),
-              **({"teacher": dev_teacher_identity(cfg), **config_slice(cfg, ["teacher.prompt"])}
+    config = {**keyed_slice(cfg, ["eval", "student.prompt"]),
+              **({"teacher": dev_teacher_identity(cfg), **keyed_slice(cfg, ["teacher.prompt"])}
                  if "teacher" in systems else {})}
     config["eval"] = {**config["eval"], "judge": judge_identity(cfg)}
     upstream = [data, sft, calibrated]

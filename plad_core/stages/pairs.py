@@ -19,7 +19,7 @@ from plad_core.models import MODEL_DIR
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
 from plad_core.stages.checks import check_train_loss, check_unlabeled_fraction
 from plad_core.stages.inputs import load_artifact_model, read_split
-from plad_core.stages.keys import materialize, teacher_identity
+from plad_core.stages.keys import materialize, precision, teacher_identity
 from plad_core.training import reference_scores
 from plad_core.training.batches import encode_pairs
 from plad_core.training.calibrate import check_teacher_tokenizer
@@ -60,6 +60,19 @@ def check_not_all_truncated(stats: dict[str, Any]) -> None:
                          "pairs.truncated=keep to train on them without an EOS")
 
 
+def score_pairs_config(cfg: DictConfig) -> dict[str, Any]:
+    """score_pairs' key config: what it computes (the scorers ``train.loss`` needs, ``max_seq_len``, and
+    for any scorer the precision training runs in, as resolved), not the loss name."""
+    o = cfg.train.optim
+    scorers = list(STORED_SCORERS.get(cfg.train.loss, ()))
+    config: dict[str, Any] = {"train.optim.max_seq_len": o.max_seq_len, "scorers": scorers}
+    if scorers:
+        config["train.optim.bf16"] = precision(cfg, "train.optim.bf16")
+    if "teacher" in scorers:
+        config["teacher"] = teacher_identity(cfg)
+    return config
+
+
 def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft: Artifact,
                     force: bool = False) -> Artifact:
     """Per-pair scores under frozen models, computed once (``scores.parquet``, ``reference_scores.SCORES_SCHEMA``,
@@ -73,12 +86,8 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
     """
     check_train_loss(cfg)
     o = cfg.train.optim
-    scorers = list(STORED_SCORERS.get(cfg.train.loss, ()))
-    config: dict[str, Any] = {"train.optim.max_seq_len": o.max_seq_len, "scorers": scorers}
-    if scorers:
-        config["train.optim.bf16"] = o.bf16  # scored in the precision training runs in
-    if "teacher" in scorers:
-        config["teacher"] = teacher_identity(cfg)
+    config = score_pairs_config(cfg)
+    scorers, bf16 = config["scorers"], precision(cfg, "train.optim.bf16")
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         tokenizer = models.load_tokenizer(str(sft.file(MODEL_DIR)))
@@ -88,7 +97,7 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
         loaders = {"reference": lambda: load_artifact_model(sft, cfg)[0], "teacher": lambda: models.load_teacher(cfg)[0]}
         frozen = {name: loaders[name]() for name in scorers}
         scores = reference_scores.score_pairs(frame, encode_pairs(frame, tokenizer, o.max_seq_len), tokenizer.pad_token_id,
-                                     frozen, 2 * o.batch_size, o.bf16)
+                                     frozen, 2 * o.batch_size, bf16)
         pq.write_table(pa.Table.from_pandas(scores, schema=reference_scores.SCORES_SCHEMA, preserve_index=False),
                        out / "scores.parquet")
         stats: dict[str, Any] = {"rows": len(scores), "scorers": scorers}

@@ -21,6 +21,7 @@ from plad_core.stages.inputs import prompts_for, read_split
 from plad_core.stages.keys import (
     api_identity,
     materialize,
+    precision,
     sampling_slice,
     stage_key,
     teacher_identity,
@@ -63,8 +64,8 @@ def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None 
         config = sampling_slice(cfg, side, backend, compiled)
         upstream, label = (data, sft), f"sft_student:{sft.key}"
     spec = SamplerSpec(backend=backend, n=sp.n, temperature=sp.temperature, top_p=sp.top_p,
-                       max_new_tokens=sp.max_new_tokens, stop=tuple(sp.stop), dtype=sp.dtype, batch_size=sp.batch_size,
-                       seed=sp.seed, compile=compiled, cache_dir=str(Path(cfg.cache_dir).resolve()), device=cfg.device,
+                       max_new_tokens=sp.max_new_tokens, stop=tuple(sp.stop), dtype=precision(cfg, f"{where}.dtype"),
+                       batch_size=sp.batch_size, seed=sp.seed, compile=compiled, cache_dir=str(Path(cfg.cache_dir).resolve()), device=cfg.device,
                        api=tuple(dataclasses.asdict(api).items()) if api else None, desc=f"sample {label}", **load)
     return _Sampling(stage, config, upstream, spec, label)
 

@@ -17,7 +17,7 @@ from plad_core.config.checks import STUDENT_FROM_API_TEACHER
 from plad_core.evaluation.perplexity import perplexity
 from plad_core.models import MODEL_DIR
 from plad_core.stages.inputs import load_artifact_model, prompts_for, read_split
-from plad_core.stages.keys import materialize, teacher_identity, training_slice
+from plad_core.stages.keys import materialize, precision, teacher_identity, training_slice
 from plad_core.training import steps
 from plad_core.training.batches import collate, encode, length_grouped_batches
 from plad_core.training.checkpoint import CHECKPOINTS
@@ -52,7 +52,8 @@ def _slice_and_heal(cfg: DictConfig, data: Artifact, out: Path, work: Path) -> d
                for b in length_grouped_batches(items, lambda e: len(e.ids), heal.batch_size, heal.seed)]
     teacher.requires_grad_(False)
     history = train_loop(student, batches, steps.distill_step(student, teacher, heal.temperature),
-                               lr=heal.lr, max_steps=heal.steps, bf16=heal.bf16, seed=heal.seed,
+                               lr=heal.lr, max_steps=heal.steps, bf16=precision(cfg, "student.heal.bf16"),
+                               seed=heal.seed,
                                checkpoint_every=heal.checkpoint_every, checkpoint_dir=work / CHECKPOINTS,
                                desc="heal student")
     stats = {"layers": len(s.keep_layers), "perplexity_teacher": perplexity(teacher, tokenizer, held_out, heal.seq_len),

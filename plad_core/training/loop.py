@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, get_scheduler
 
+from plad_core import models
 from plad_core.training import checkpoint, distributed, held_out
 from plad_core.training.batches import padding, to_device
 from plad_core.training.distributed import ShardFn
@@ -76,12 +77,12 @@ class _Progress:
 
 def train_loop(model: PreTrainedModel, batches: Sequence[Any], step_fn: StepFn, *, lr: float, epochs: int = 1,
                max_steps: int = 0, grad_accum: int = 1, weight_decay: float = 0.0, warmup_steps: int = 0,
-               schedule: str = "cosine", grad_clip: float = 1.0, bf16: bool = False, seed: int = 0,
+               schedule: str = "cosine", grad_clip: float = 1.0, bf16: bool | str = False, seed: int = 0,
                gradient_checkpointing: bool = False, checkpoint_every: int = 0,
                checkpoint_dir: Path | None = None, evaluation: Evaluation | None = None,
                shard: ShardFn | None = None, strategy: str = "ddp", desc: str = "train") -> list[dict[str, float]]:
     """AdamW over ``batches`` for ``epochs`` (or ``max_steps`` optimizer steps when > 0), on the
-    model's device, with bf16 autocast when ``bf16``.
+    model's device, with bf16 autocast when ``bf16`` (``auto``: where bf16 is fast, ``models.resolve_bf16``).
 
     ``step_fn(batch)`` returns the loss and metrics (means over the batch's examples) of one
     micro-batch. Returns one log row per optimizer step: step, epoch, lr, grad_norm, loss and the
@@ -141,11 +142,12 @@ def _check_arguments(shard: ShardFn | None, evaluation: Evaluation | None, check
 
 
 def _setup(model: PreTrainedModel, batches: Sequence[Any], step_fn: StepFn, *, lr: float, epochs: int,
-           max_steps: int, grad_accum: int, weight_decay: float, warmup_steps: int, schedule: str, bf16: bool,
+           max_steps: int, grad_accum: int, weight_decay: float, warmup_steps: int, schedule: str, bf16: bool | str,
            seed: int, gradient_checkpointing: bool, strategy: str, shard: ShardFn | None) -> _Run:
     """The step wrapped for the ranks (``distributed.wrap``), AdamW and its schedule over the run's steps."""
     r = distributed.ranks()
     device = next(model.parameters()).device
+    bf16 = models.resolve_bf16(bf16, device)
     torch.manual_seed(seed)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
