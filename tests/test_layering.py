@@ -169,3 +169,31 @@ def test_downward_imports_and_a_package_importing_its_own_modules_pass(tmp_path)
         "models.py": "from plad_core.config import load\n", "config.py": "",
     })
     assert violations(root) == []
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 300, 60
+
+
+def oversized(roots: list[Path]) -> list[str]:
+    """Every module over MAX_MODULE_LINES lines and function over MAX_FUNCTION_LINES under ``roots``."""
+    found = []
+    for path in sorted(p for root in roots for p in root.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            found.append(f"{path.name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{path.name}:{node.name}: {length} lines")
+    return found
+
+
+def test_modules_and_functions_stay_small():
+    assert oversized([ROOT / d for d in ("plad_core", "flows", "tasks", "bench")]) == []
+
+
+def test_the_size_check_reports_a_long_module_and_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(61))
+    (tmp_path / "long.py").write_text(f"def f():\n{body}\n" + "\n" * 240)
+    assert oversized([tmp_path]) == ["long.py: 302 lines", "long.py:f: 62 lines"]
