@@ -26,8 +26,10 @@ from omegaconf import OmegaConf
 from plad_core.artifacts import ArtifactStore
 from plad_core.config import ConfigError, load_config
 from plad_core.data import DataError
+from plad_core.evaluation.judge import JudgeError
 from plad_core.models import ModelError, set_threads
 from plad_core.registry import Registry, registry_path
+from plad_core.sampling.openai_api import ApiError
 from plad_core.stages import RUNNERS, run_stage
 
 
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, ModelError) as err:
+    except (ConfigError, DataError, ModelError, JudgeError, ApiError) as err:
         print(f"plad: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

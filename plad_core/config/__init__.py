@@ -18,10 +18,28 @@ stay plain ``str``/``int``/``float``, so artifact keys (hashes of ``config_slice
 
 from plad_core.config.checks import template_problem, validate
 from plad_core.config.loading import config_slice, load_config
-from plad_core.config.schema import (CONF_DIR, JUDGE_CANDIDATES, ApiConfig, ConfigError, DataConfig, EvalConfig,
-                                     HealConfig, JudgeConfig, LaunchConfig, OptimConfig, PairsConfig, PladConfig,
-                                     PromotionConfig, PromptConfig, RunnerConfig, SamplingConfig, StudentConfig,
-                                     StudentSamplingConfig, TeacherConfig, TrainConfig)
+from plad_core.config.schema import (
+                                     CONF_DIR,
+                                     JUDGE_CANDIDATES,
+                                     ApiConfig,
+                                     ConfigError,
+                                     DataConfig,
+                                     EvalConfig,
+                                     HealConfig,
+                                     JudgeConfig,
+                                     LaunchConfig,
+                                     OptimConfig,
+                                     PairsConfig,
+                                     PladConfig,
+                                     PromotionConfig,
+                                     PromptConfig,
+                                     RunnerConfig,
+                                     SamplingConfig,
+                                     StudentConfig,
+                                     StudentSamplingConfig,
+                                     TeacherConfig,
+                                     TrainConfig,
+)
 
 __all__ = ["CONF_DIR", "JUDGE_CANDIDATES", "ApiConfig", "ConfigError", "DataConfig", "EvalConfig", "HealConfig",
            "JudgeConfig", "LaunchConfig", "OptimConfig", "PairsConfig", "PladConfig", "PromotionConfig",

@@ -13,6 +13,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 from plad_core.config.checks import validate
 from plad_core.config.schema import CONF_DIR, ConfigError, PladConfig
 
+
 def _valid_keys(schema_cls: Any, dotted: str) -> list[str]:
     """Valid child keys of the node at ``dotted`` (the unknown key's parent) in the schema."""
     cls = schema_cls

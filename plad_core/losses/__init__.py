@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from plad_core.config import ConfigError
 from plad_core.losses.calibration import (
     margin_calibration_loss,
     nll_regularizer,
@@ -105,9 +106,9 @@ STORED_SCORERS: dict[str, tuple[str, ...]] = {"dpo": ("reference",), "ipo": ("re
 def check_loss(loss: str, kd_divergence: str = "forward_kl") -> None:
     """A clear error for an unknown ``train.loss`` or ``train.kd_divergence``, listing the valid names."""
     if loss not in LOSS_NAMES:
-        raise ValueError(f"train.loss='{loss}' is not a known loss; choose one of {', '.join(LOSS_NAMES)}")
+        raise ConfigError(f"train.loss='{loss}' is not a known loss; choose one of {', '.join(LOSS_NAMES)}")
     if loss == "token_kd" and kd_divergence not in KD_DIVERGENCES:
-        raise ValueError(f"train.kd_divergence='{kd_divergence}' is not known; choose one of "
+        raise ConfigError(f"train.kd_divergence='{kd_divergence}' is not known; choose one of "
                          f"{', '.join(KD_DIVERGENCES)}")
 
 

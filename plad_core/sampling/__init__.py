@@ -10,6 +10,7 @@
 - ``auto``: vllm when it is installed, else hf (``resolve_backend``).
 """
 
+from plad_core.config import ConfigError
 from plad_core.sampling import vllm_backend
 
 BACKENDS = {
@@ -27,10 +28,10 @@ def check_backend(name: str, where: str, allowed: tuple[str, ...] = tuple(BACKEN
     ImportError says how to install vllm when ``name`` is vllm and it is not installed.
     """
     if name not in BACKENDS:
-        raise ValueError(f"{where}.backend='{name}' is not a sampling backend; available: "
+        raise ConfigError(f"{where}.backend='{name}' is not a sampling backend; available: "
                          + "; ".join(f"{k} ({v})" for k, v in BACKENDS.items()))
     if name not in allowed:
-        raise ValueError(f"{where}.backend='{name}' is not supported here; use one of {', '.join(allowed)}"
+        raise ConfigError(f"{where}.backend='{name}' is not supported here; use one of {', '.join(allowed)}"
                          + (f" ({why})" if why else ""))
     if name == "auto":
         return "vllm" if vllm_backend.installed() else "hf"

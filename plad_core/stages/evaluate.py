@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from plad_core import data as data_lib
 from plad_core.artifacts import Artifact, ArtifactStore
+from plad_core.config import ConfigError
 from plad_core.evaluation import dev_outputs
 from plad_core.evaluation import judge as judge_lib
 from plad_core.evaluation import metrics as eval_lib
@@ -273,7 +274,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
         models_of = {"teacher": None, "sft": sft, "plad": calibrated}
         unknown = [s for s in systems if s not in models_of]
         if unknown:
-            raise ValueError(f"eval.systems has unknown names {unknown}; known: {list(models_of)}")
+            raise ConfigError(f"eval.systems has unknown names {unknown}; known: {list(models_of)}")
         judged_too = cfg.eval.judge.enabled
         steps = Steps(_evaluation_steps(systems, k, judged_too), progress)
         outputs, generations, samples, seconds = _collect_outputs(cfg, store, data, systems, models_of, steps)

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from plad_core import data as data_lib
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore, artifact_key
-from plad_core.config import config_slice
+from plad_core.config import ConfigError, config_slice
 from plad_core.evaluation import judge as judge_lib
 from plad_core.sampling import openai_api
 from plad_core.stages import code_version
@@ -128,7 +128,7 @@ def judge_identity(cfg: DictConfig) -> dict[str, Any]:
     elif j.backend == "hf":
         model = models.model_fingerprint(j.model, judge_lib.judge_load(j, cfg.teacher).revision, cfg.cache_dir)
     else:
-        raise ValueError(f"eval.judge.backend='{j.backend}' is not a judge backend; use hf or openai")
+        raise ConfigError(f"eval.judge.backend='{j.backend}' is not a judge backend; use hf or openai")
     return {"enabled": True, "backend": j.backend, "model": model, "prompt": j.prompt,
             "prompt_text": judge_prompt(cfg).text, "max_tokens": j.max_tokens, "rows": j.rows,
             **({"dtype": precision(cfg, "eval.dtype")} if j.backend == "hf" else {})}

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
-from plad_core.config import config_slice
+from plad_core.config import ConfigError, config_slice
 from plad_core.losses import STORED_SCORERS, stored_columns
 from plad_core.models import MODEL_DIR
 from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
@@ -23,7 +23,6 @@ from plad_core.stages.keys import materialize, precision, teacher_identity
 from plad_core.training import reference_scores
 from plad_core.training.batches import encode_pairs
 from plad_core.training.calibrate import check_teacher_tokenizer
-
 
 
 def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teacher_samples: Artifact,
@@ -54,7 +53,7 @@ def check_not_all_truncated(stats: dict[str, Any]) -> None:
     """A clear error when ``pairs.truncated=drop`` left no pair at all (nothing to train on)."""
     if stats["pairs"] == 0 and stats["dropped_truncated"] > 0:
         t = stats["truncated"]
-        raise ValueError(f"build_pairs: every pair was dropped because a side was cut at max_new_tokens "
+        raise ConfigError(f"build_pairs: every pair was dropped because a side was cut at max_new_tokens "
                          f"({t['chosen']['dropped']} teacher and {t['rejected']['dropped']} student outputs cut): "
                          "raise teacher.sampling.max_new_tokens / student.sampling.max_new_tokens, or set "
                          "pairs.truncated=keep to train on them without an EOS")

@@ -17,7 +17,12 @@ from plad_core.config.checks import STUDENT_FROM_API_TEACHER
 from plad_core.evaluation.perplexity import perplexity
 from plad_core.models import MODEL_DIR
 from plad_core.stages.inputs import load_artifact_model, prompts_for, read_split
-from plad_core.stages.keys import materialize, precision, teacher_identity, training_slice
+from plad_core.stages.keys import (
+    materialize,
+    precision,
+    teacher_identity,
+    training_slice,
+)
 from plad_core.training import steps
 from plad_core.training.batches import collate, encode, length_grouped_batches
 from plad_core.training.checkpoint import CHECKPOINTS

@@ -29,6 +29,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from plad_core.config import ConfigError
+
 # (global batch, rank, world) -> (the rank's part, examples in the part, examples in the batch)
 ShardFn = Callable[[Any, int, int], tuple[Any, int, int]]
 
@@ -111,7 +113,7 @@ def weighted_mean(sums: dict[str, float], count: float) -> dict[str, float]:
 def check_strategy(strategy: str) -> None:
     """A clear error for an unknown ``train.launch.strategy``."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"train.launch.strategy='{strategy}' is not known; choose one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"train.launch.strategy='{strategy}' is not known; choose one of {', '.join(STRATEGIES)}")
 
 
 def wrap(module: torch.nn.Module, device: torch.device, strategy: str = "ddp", bf16: bool = False) -> torch.nn.Module:
@@ -140,7 +142,7 @@ def _decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:
     names = {name for m in module.modules() for name in (getattr(m, "_no_split_modules", None) or ())}
     layers = [m for m in module.modules() if type(m).__name__ in names]
     if not layers:
-        raise ValueError(f"train.launch.strategy=fsdp shards each decoder layer, found by the class names in a "
+        raise ConfigError(f"train.launch.strategy=fsdp shards each decoder layer, found by the class names in a "
                          f"transformers model's _no_split_modules; {type(module).__name__} holds none "
                          f"(names: {sorted(names) or 'none given'}): use train.launch.strategy=ddp")
     return layers

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
+from plad_core.config import ConfigError
+
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
     """bf16 logits in float32; float32 and float64 unchanged."""
@@ -75,7 +77,7 @@ def shared_prefix_logprobs(model: PreTrainedModel, batch: dict[str, torch.Tensor
     """Summed log-prob of each completion and its token count, (2B,) and (2B,): chosen rows first,
     then rejected, as ``sequence_logprobs`` returns them for the concatenated batch."""
     if model.is_gradient_checkpointing and model.training:
-        raise ValueError("train.pair_forward=shared_prefix cannot run with gradient checkpointing: transformers drops "
+        raise ConfigError("train.pair_forward=shared_prefix cannot run with gradient checkpointing: transformers drops "
                          "the key/value cache inside checkpointed layers. Use train.pair_forward=concatenated.")
     head = model.get_output_embeddings()
     device = head.weight.device
@@ -111,9 +113,9 @@ def check_pair_forward(pair_forward: str, gradient_checkpointing: bool = False) 
     """A clear error for an unknown ``train.pair_forward``, or shared_prefix with gradient checkpointing
     (transformers drops the key/value cache inside checkpointed layers)."""
     if pair_forward not in PAIR_FORWARDS:
-        raise ValueError(f"train.pair_forward='{pair_forward}' is not known; choose one of {', '.join(PAIR_FORWARDS)}")
+        raise ConfigError(f"train.pair_forward='{pair_forward}' is not known; choose one of {', '.join(PAIR_FORWARDS)}")
     if pair_forward == "shared_prefix" and gradient_checkpointing:
-        raise ValueError("train.pair_forward=shared_prefix cannot run with train.optim.gradient_checkpointing=true: "
+        raise ConfigError("train.pair_forward=shared_prefix cannot run with train.optim.gradient_checkpointing=true: "
                          "checkpointed layers drop the prompt's key/value cache; set train.pair_forward=concatenated")
 
 
