@@ -18,7 +18,7 @@ from tiny import REPO, make_tiny_model, tiny_overrides
 
 from plad_core import stages
 from plad_core.artifacts import ArtifactStore
-from plad_core.config import load_config
+from plad_core.config import ConfigError, load_config
 from plad_core.models import load_tokenizer
 from plad_core.sampling import check_backend
 from plad_core.evaluation.judge import make_judge
@@ -115,13 +115,13 @@ def test_base_url_settings_and_char_tokens():
 def test_unknown_backend_lists_the_available_ones_and_the_student_has_no_api(tmp_path):
     with pytest.raises(ValueError, match=r"teacher.sampling.backend='gpt'.*available: auto .*; hf .*; vllm .*; openai "):
         check_backend("gpt", "teacher.sampling")
-    store = ArtifactStore(tmp_path / "a")
-    cfg = load_config("base", ["teacher.sampling.backend=gpt"])
-    with pytest.raises(ValueError, match="available: auto"):
-        stages.run_sample_teacher(cfg, store, None)
-    cfg = load_config("base", ["student.sampling.backend=openai"])
     with pytest.raises(ValueError, match="student.sampling.backend='openai' is not supported here; use one of auto, hf, vllm"):
-        stages.run_sample_student(cfg, store, None, None)
+        check_backend("openai", "student.sampling", ("auto", "hf", "vllm"))
+    # a config names them at load, before any stage
+    with pytest.raises(ConfigError, match=r"teacher.sampling.backend='gpt' is not one of: auto, hf, vllm, openai$"):
+        load_config("base", ["teacher.sampling.backend=gpt"])
+    with pytest.raises(ConfigError, match=r"student.sampling.backend='openai' is not one of: auto, hf, vllm$"):
+        load_config("base", ["student.sampling.backend=openai"])
 
 
 def test_artifact_key_slices():

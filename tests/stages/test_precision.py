@@ -61,7 +61,8 @@ def test_auto_keys_are_the_keys_of_the_explicit_setting_it_resolves_to(monkeypat
 def test_a_loss_that_scores_nothing_and_an_api_teacher_key_no_precision(monkeypatch):
     fake_cpu(monkeypatch, AVX2)
     assert "train.optim.bf16" not in score_pairs_config(load_config("base", ["train.loss=ranking"]))
-    api = load_config("base", ["teacher.sampling.backend=openai", "teacher.sampling.api.model=m"])
+    api = load_config("base", ["teacher.sampling.backend=openai", "teacher.sampling.api.model=m",
+                               "student.model=some/student", "eval.judge.enabled=false"])
     assert "dtype" not in keys.sampling_slice(api, "teacher", "openai")["teacher.sampling"]
 
 

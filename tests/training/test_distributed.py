@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from tiny import make_tiny_model
 from transformers import LlamaForCausalLM
 
-from plad_core.config import load_config
-from plad_core.stages import calibrate_student, check_train_loss
+from plad_core.config import ConfigError, load_config
+from plad_core.stages import calibrate_student
 from plad_core.training import checkpoint, distributed, torchrun
 
 
@@ -210,7 +210,9 @@ def test_a_checkpoint_written_under_fsdp_resumes_in_one_process(tmp_path, one_pr
 
 def test_an_unknown_strategy_is_refused_by_name():
     with pytest.raises(ValueError, match="train.launch.strategy='zero3' is not known; choose one of ddp, fsdp"):
-        check_train_loss(load_config("base", OVERRIDES + ["train.launch.strategy=zero3"]))
+        distributed.check_strategy("zero3")
+    with pytest.raises(ConfigError, match="train.launch.strategy='zero3' is not one of: ddp, fsdp"):
+        load_config("base", OVERRIDES + ["train.launch.strategy=zero3"])
     assert distributed.STRATEGIES == ("ddp", "fsdp")
 
 
