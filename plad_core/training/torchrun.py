@@ -37,18 +37,16 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import pandas as pd
 import psutil
-import torch
-import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
 
-from plad_core import models
-from plad_core.config import load_config
-from plad_core.training import distributed
-from plad_core.training.calibrate import calibrate_student
+# torch, pandas, omegaconf and the training code are imported by ``run`` and ``main`` only: every
+# rank imports this module for ``watch_supervisor`` first, and two ranks importing torch and
+# transformers on a 2-core machine outlasted a short supervision timeout.
+if TYPE_CHECKING:
+    import pandas as pd
+    from omegaconf import DictConfig
 
 SUPERVISOR_ENV = "PLAD_SUPERVISOR_PID"
 log = logging.getLogger("plad.launch")
@@ -206,6 +204,8 @@ STATS = "stats.json"
 def run(cfg: DictConfig, frame: pd.DataFrame, student_dir: Path, out: Path, work: Path,
         logger: logging.Logger) -> dict[str, Any]:
     """Calibrate on ``cfg.train.launch.nproc`` ranks; returns rank 0's stats."""
+    from omegaconf import OmegaConf
+
     config_path, pairs_path = work / "config.yaml", work / "pairs.parquet"
     config_path.write_text(OmegaConf.to_yaml(cfg))
     frame.to_parquet(pairs_path, index=False)
@@ -223,6 +223,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     for name in ("config", "pairs", "student", "out", "work"):
         parser.add_argument(f"--{name}", required=True)
     args = parser.parse_args(argv)
+    import pandas as pd
+    import torch
+    import torch.distributed as dist
+
+    from plad_core import models
+    from plad_core.config import load_config
+    from plad_core.training import distributed
+    from plad_core.training.calibrate import calibrate_student
     cfg = load_config(args.config)
     device = distributed.init_from_env(models.resolve_device(cfg.device).type == "cuda")
     r = distributed.ranks()
