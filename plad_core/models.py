@@ -208,7 +208,7 @@ def slice_layers(model: PreTrainedModel, keep: Sequence[int]) -> PreTrainedModel
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # The CPU features (torch.cpu.get_capabilities()) with bf16 matrix instructions. Without them torch
-# runs bf16 matmuls by conversion: 0.8-1.3 GFLOPS against 35-62 in float32 on 2-core AVX2 EPYCs.
+# runs bf16 matmuls by conversion, many times slower than float32 matmuls.
 BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16")
 
 
