@@ -14,13 +14,18 @@ from plad_core.config import (CONF_DIR, JUDGE_CANDIDATES, ConfigError, PladConfi
 from plad_core.data import TASKS
 
 
-def test_layers_merge_in_order_and_overrides_win():
-    cfg = load_config("demo", ["train.beta=0.25"])
-    assert cfg.name == "demo"                        # demo.yaml
-    assert cfg.data.n_unlabeled == 96                # demo.yaml over base.yaml
-    assert cfg.teacher.prompt.fewshot_k == 2         # base.yaml, inherited through tldr.yaml
-    assert cfg.train.beta == 0.25                    # dotlist override
-    assert cfg.student.keep_layers == [0, 1, 2, 3, 26, 27, 28, 29]
+def test_layers_merge_in_order_and_overrides_win(tmp_path):
+    # a child over a parent over tldr/base, then the dotlist; values chosen here, not the repo's configs'
+    (tmp_path / "parent.yaml").write_text("extends: tldr\nname: parent\ndata:\n  n_unlabeled: 77\n  n_dev: 11\n"
+                                          "train:\n  beta: 0.75\n")
+    (tmp_path / "child.yaml").write_text(f"extends: {tmp_path / 'parent.yaml'}\nname: child\ndata:\n  n_dev: 13\n")
+    base = OmegaConf.load(CONF_DIR / "base.yaml")
+    cfg = load_config(str(tmp_path / "child.yaml"), ["train.beta=0.25"])
+    assert cfg.name == "child"                                   # the child wins over its parent
+    assert cfg.data.n_dev == 13 and cfg.data.n_unlabeled == 77   # child over parent, parent over base
+    assert cfg.data.n_labeled == base.data.n_labeled             # base.yaml, inherited through tldr.yaml
+    assert cfg.train.beta == 0.25                                # the dotlist over every file
+    assert list(cfg.student.keep_layers) == list(base.student.keep_layers)
 
 
 def test_unknown_override_key_names_path_and_valid_keys():
