@@ -73,3 +73,11 @@ def run_curate_pairs(cfg: DictConfig, store: ArtifactStore, built: Artifact, sft
                                                          "student_margin": c.student_margin}}
 
     return materialize(store, "curate_pairs", config, [built, sft], build, force)
+
+
+def curation_stats(store: ArtifactStore, calibrated: Artifact) -> dict[str, Any] | None:
+    """The stats of the curate_pairs artifact a calibrate artifact was trained on (its manifest's upstream),
+    for the evaluation report's pair-curation section; None where there is none in the store."""
+    key = calibrated.manifest.get("upstream", {}).get("curate_pairs")
+    curated = store.get("curate_pairs", key) if key else None
+    return curated.manifest["stats"] if curated is not None else None
