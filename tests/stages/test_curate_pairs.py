@@ -17,8 +17,8 @@ from plad_core.artifacts import ArtifactStore
 from plad_core.config import load_config
 from plad_core.models import MODEL_DIR
 from plad_core.pairs import DROPPED_SCHEMA, PAIRS_SCHEMA, curate_pairs
-from plad_core.report.curation import curation_blocks
 from plad_core.report.blocks import render_markdown
+from plad_core.report.curation import curation_blocks
 from plad_core.stages.curate import run_curate_pairs
 from plad_core.text_stats import repeated_ngram_share
 from plad_core.training.batches import encode_pairs
