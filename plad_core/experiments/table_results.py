@@ -242,4 +242,5 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
         experiment=asdict(exp), settings=_settings(exp, e, len(dev), judgments), systems=systems,
         comparisons=comparisons, length_buckets=_length_buckets(per_system), runs=run_rows,
         pairs=dataclasses.replace(pair_quality(scored, n, rs), sft_pair_accuracy=pair_accuracy(scored)),
-        judge=None if judgments is None else {k: v for k, v in win_rates(judgments, n, rs).items() if k != "vs"})
+        judge=None if judgments is None else {k: v for k, v in win_rates(judgments, n, rs).items() if k != "vs"},
+        curation=pairs.manifest.get("stats") if pairs.stage == "curate_pairs" else None)
