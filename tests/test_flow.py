@@ -83,6 +83,9 @@ def test_every_stage_commits_its_artifact_with_expected_rows(first_run):
     curated = pd.read_parquet(paths["curate_pairs"] / "pairs.parquet")  # what every loss trains on
     dropped = pd.read_parquet(paths["curate_pairs"] / "dropped.parquet")
     assert list(curated.columns) == PAIRS_SCHEMA.names and len(curated) + len(dropped) == len(pairs)
+    curation = manifest(paths["curate_pairs"])["stats"]  # copied into metrics.json for the report's section
+    assert json.loads((paths["evaluate"] / "metrics.json").read_text())["curation"] == curation
+    assert curation["built"] == len(pairs) and curation["kept"] == len(curated)
 
     log = pd.read_parquet(paths["calibrate"] / "train_log.parquet")
     assert len(log) == math.ceil(len(curated) / 2)
