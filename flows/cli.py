@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         decision = result["promotion"]
         verdict = "new champion" if decision["promoted"] else "champion kept"
         print(f"Promotion: {verdict} ({decision['reason']}); see `plad history --config {args.config}`")
-    print(f"Pairs:   {Path(result['artifacts']['build_pairs']) / 'pairs.parquet'}")
+    print(f"Pairs:   {Path(result['artifacts']['curate_pairs']) / 'pairs.parquet'}")
     print(f"Report:  {evaluate / 'report.html'}")
 
 
@@ -97,9 +97,9 @@ def cmd_config_show(args: argparse.Namespace) -> None:
 def cmd_pairs_show(args: argparse.Namespace) -> None:
     if args.path == "latest":
         store = ArtifactStore(load_config(args.config).artifacts_root)
-        latest = store.latest("build_pairs")
+        latest = store.latest("curate_pairs")  # the pairs training reads; build_pairs' own: pass its folder
         if latest is None:
-            raise SystemExit(f"no pairs under {store.root / 'build_pairs'}; run `plad run` or `plad stage build_pairs`")
+            raise SystemExit(f"no pairs under {store.root / 'curate_pairs'}; run `plad run` or `plad stage curate_pairs`")
         path = latest.file("pairs.parquet")
     else:
         path = Path(args.path)
@@ -114,6 +114,8 @@ def cmd_pairs_show(args: argparse.Namespace) -> None:
                             subsequent_indent="        "))
         print(textwrap.fill(f"rejected ({row['rejected_tokens']} tok, student): {row['rejected']}", 100,
                             subsequent_indent="        "))
+        if row.get("reason"):  # dropped.parquet of curate_pairs
+            print(f"dropped: {row['reason']}")
         if row.get("reference"):
             print(textwrap.fill(f"reference: {row['reference']}", 100, subsequent_indent="        "))
         print()
@@ -166,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     pairs = commands.add_parser("pairs", help="pseudo-preference pairs")
     pairs_sub = pairs.add_subparsers(dest="action", required=True)
     pshow = pairs_sub.add_parser("show", help="print pairs readably")
-    pshow.add_argument("path", nargs="?", default="latest", help="pairs.parquet, its artifact folder, or 'latest'")
+    pshow.add_argument("path", nargs="?", default="latest", help="pairs.parquet (or dropped.parquet), its artifact folder, or "
+                       "'latest' (curate_pairs' curated pairs; build_pairs' uncurated ones: pass its folder)")
     pshow.add_argument("-n", type=int, default=5, help="how many pairs (default 5)")
     pshow.add_argument("--config", default="tldr", help="config whose artifacts_root holds 'latest'")
     pshow.add_argument("--prompt-chars", type=int, default=200, help="characters of prompt to show (its end)")

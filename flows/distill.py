@@ -20,6 +20,7 @@ from plad_core.stages.promote import check_promotion
 from tasks import (
     build_pairs,
     calibrate,
+    curate_pairs,
     evaluate,
     init_student,
     prepare_data,
@@ -72,7 +73,8 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
             sample_shards_on_dask(cfg.runner, jobs)
     teacher_samples = sample_teacher(cfg, store, data, force="sample_teacher" in rebuild)
     student_samples = sample_student(cfg, store, data, sft, force="sample_student" in rebuild)
-    pairs = build_pairs(cfg, store, data, teacher_samples, student_samples, force="build_pairs" in rebuild)
+    built = build_pairs(cfg, store, data, teacher_samples, student_samples, force="build_pairs" in rebuild)
+    pairs = curate_pairs(cfg, store, built, sft, force="curate_pairs" in rebuild)
     scores = score_pairs(cfg, store, pairs, sft, force="score_pairs" in rebuild)
     calibrated = calibrate(cfg, store, pairs, sft, scores, force="calibrate" in rebuild)
     results = evaluate(cfg, store, data, sft, calibrated, force="evaluate" in rebuild)
@@ -89,7 +91,7 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
     # Named, not logged whole: `plad run` prints the summary once at the end, and the UI shows the artifact.
     get_run_logger().info("results: Prefect artifacts 'distill-results' and 'distill-results-table'; report: %s",
                           results.file("report.html"))
-    artifacts = {a.stage: str(a.path) for a in (data, init, sft, teacher_samples, student_samples, pairs, scores,
-                                                 calibrated, results)}
+    artifacts = {a.stage: str(a.path) for a in (data, init, sft, teacher_samples, student_samples, built, pairs,
+                                                 scores, calibrated, results)}
     return {"config": cfg.name, "metrics": results.manifest["stats"]["metrics"], "artifacts": artifacts,
             "promotion": decision}

@@ -44,6 +44,7 @@ sft_student = stage_task("sft_student")
 sample_teacher = stage_task("sample_teacher")
 sample_student = stage_task("sample_student")
 build_pairs = stage_task("build_pairs")
+curate_pairs = stage_task("curate_pairs")
 score_pairs = stage_task("score_pairs")
 calibrate = stage_task("calibrate")
 # Steps of the table experiment (flows/table.py): one model's dev outputs; the judge over many models' outputs.

@@ -79,10 +79,16 @@ def test_every_stage_commits_its_artifact_with_expected_rows(first_run):
     stats = manifest(paths["build_pairs"])["stats"]
     assert list(pairs.columns) == PAIRS_SCHEMA.names
     assert len(pairs) == stats["pairs"] == 6 - stats["dropped_empty"] - stats["dropped_identical"]
-    assert set(pairs["id"]) <= unlabeled
+    assert set(pairs["id"]) <= unlabeled and pairs["reference"].isna().all()  # unlabeled means unlabeled
+    curated = pd.read_parquet(paths["curate_pairs"] / "pairs.parquet")  # what every loss trains on
+    dropped = pd.read_parquet(paths["curate_pairs"] / "dropped.parquet")
+    assert list(curated.columns) == PAIRS_SCHEMA.names and len(curated) + len(dropped) == len(pairs)
+    curation = manifest(paths["curate_pairs"])["stats"]  # copied into metrics.json for the report's section
+    assert json.loads((paths["evaluate"] / "metrics.json").read_text())["curation"] == curation
+    assert curation["built"] == len(pairs) and curation["kept"] == len(curated)
 
     log = pd.read_parquet(paths["calibrate"] / "train_log.parquet")
-    assert len(log) == math.ceil(len(pairs) / 2)
+    assert len(log) == math.ceil(len(curated) / 2)
     assert {"loss", "pair_accuracy", "margin"} <= set(log.columns)
     for stage in ("init_student", "sft_student", "calibrate"):
         assert (paths[stage] / "model" / "model.safetensors").is_file()
@@ -163,7 +169,7 @@ def test_a_config_change_rebuilds_that_stage_and_downstream_only(first_run, tiny
     assert [s for s in STAGES if margin[s] != keys[s]] == ["calibrate", "evaluate"]
     sft = keys_with(["sft.lr=0.001"])
     assert [s for s in STAGES if sft[s] != keys[s]] == ["sft_student", "sample_student", "build_pairs",
-                                                       "score_pairs", "calibrate", "evaluate"]
+                                                       "curate_pairs", "score_pairs", "calibrate", "evaluate"]
     # score_pairs' key holds what it scores, not the loss: dpo and ipo share the SFT reference's scores
     dpo, ipo = keys_with(["train.loss=dpo"], "calibrate"), keys_with(["train.loss=ipo"], "calibrate")
     assert [s for s in dpo if dpo[s] != keys[s]] == ["score_pairs", "calibrate"]
@@ -279,7 +285,7 @@ def test_every_train_loss_runs_through_the_flow(first_run, tiny, loss):
     paths = {s: Path(p) for s, p in result["artifacts"].items()}
     assert all(paths[s] == Path(first_run["artifacts"][s]) for s in STAGES[:STAGES.index("build_pairs") + 1])
 
-    pairs = pd.read_parquet(paths["build_pairs"] / "pairs.parquet")
+    pairs = pd.read_parquet(paths["curate_pairs"] / "pairs.parquet")
     scores = pd.read_parquet(paths["score_pairs"] / "scores.parquet")
     assert list(scores.columns) == SCORES_SCHEMA.names and len(scores) == len(pairs)
     assert (scores[["id", "sample_index"]].to_numpy() == pairs[["id", "sample_index"]].to_numpy()).all()
@@ -435,7 +441,7 @@ def test_data_scale_runs_three_fractions_and_plots_pairs_used(first_run, tiny, t
     store = ArtifactStore(root / "artifacts")
     for point in points:
         pairs_dir = store.path("build_pairs", point["keys"]["build_pairs"])
-        pairs = pd.read_parquet(pairs_dir / "pairs.parquet")
+        pairs = pd.read_parquet(store.path("curate_pairs", point["keys"]["curate_pairs"]) / "pairs.parquet")
         assert point["pairs"] == len(pairs) and set(pairs["id"]) <= set(unlabeled[:point["prompts"]])
         # everything before build_pairs is shared with first_run: built once, reused from the store
         upstream = manifest(pairs_dir)["upstream"]

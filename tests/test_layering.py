@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bottom to top; a module may import any module of a lower layer, and within its own layer only
 # modules of its own package (the foundations are one package for this purpose).
 LAYERS: list[set[str]] = [
-    {"__init__", "config", "artifacts", "data", "models", "stats", "rouge", "progress", "registry", "pairs"},
+    {"__init__", "config", "artifacts", "data", "models", "stats", "rouge", "progress", "registry", "pairs", "text_stats"},
     {"losses", "sampling"},
     {"training"},
     {"evaluation"},

@@ -143,10 +143,18 @@ class StudentConfig:
 
 
 @dataclass
+class CurateConfig:
+    max_repeat_share: float = _f(0.2, ge=0, le=1)
+    student_margin: Optional[float] = _f(None, ge=0)
+
+
+@dataclass
 class PairsConfig:
     min_chars: int = _f(1, ge=0)
     unlabeled_fraction: float = _f(1.0, **PROBABILITY)
     truncated: str = _f("drop", choices=("drop", "keep"))  # plad_core.pairs.TRUNCATED
+    references: bool = False
+    curate: CurateConfig = field(default_factory=CurateConfig)
 
 
 @dataclass

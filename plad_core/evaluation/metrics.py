@@ -13,6 +13,7 @@ from plad_core.evaluation.judge import win_rates
 from plad_core.evaluation.likelihood_quality import evaluate_likelihood_quality
 from plad_core.rouge import ROUGE_TYPES
 from plad_core.stats import bootstrap_ci, paired_bootstrap
+from plad_core.text_stats import repeated_ngram_share  # noqa: F401  (eval_lib.repeated_ngram_share)
 
 # --- Uncertainty, comparisons and length buckets (metrics.json) ---------------------------------
 
@@ -47,16 +48,6 @@ def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, metric: str = "rougeL", 
     d = result.difference
     return {"metric": metric, "difference": round(100 * d.estimate, 2), "low": round(100 * d.low, 2),
             "high": round(100 * d.high, 2), "p_value": round(result.p_value, 4), "n": len(joined)}
-
-
-def repeated_ngram_share(text: str, n: int = 3) -> float:
-    """The share of ``text``'s word n-grams (lower-cased, split on whitespace) that repeat an n-gram seen
-    earlier in the same text: 0 for a text without repetition (or shorter than n words), near 1 for a
-    loop such as "I'm not sure, I'm not sure, ...". ROUGE F1 barely penalises such loops, so the table
-    reports this beside it."""
-    words = text.lower().split()
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def reference_words(references: Sequence[str]) -> list[int]:

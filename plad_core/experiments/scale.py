@@ -6,7 +6,8 @@ pipeline config, overrides for every run, the fractions and the metric. The run 
 ``pairs.unlabeled_fraction=f`` (pairs from the first ceil(f·n) unlabeled prompts, so the shares are
 nested) and ``promotion.enabled=false`` (a student trained on part of the data must not become the
 nightly champion). Every stage up to the sampling ones has the same key at every fraction, so it
-is built once and reused from the artifact store; build_pairs and what follows rebuild per fraction.
+is built once and reused from the artifact store; build_pairs and what follows rebuild per fraction
+(the pairs counted are curate_pairs', the ones the student is trained on).
 
 The result is an artifact of its own, ``<artifacts_root>/data_scale/<key>/`` (report.md,
 report.html, plots/scale.png, summary.md, scale.json; the report is ``plad_core.report.scale``), keyed
@@ -64,14 +65,15 @@ def run_overrides(exp: ScaleExperiment, fraction: float, extra: Optional[list[st
 
 
 def scale_point(fraction: float, n_unlabeled: int, pairs_dir: Path, evaluate_dir: Path, metric: str) -> dict[str, Any]:
-    """One fraction's row: prompts and pairs used, the metric (with CI) of each system, PLaD - SFT."""
+    """One fraction's row: prompts and (curated) pairs used, the metric (with CI) of each system, PLaD - SFT."""
     metrics = json.loads((evaluate_dir / "metrics.json").read_text())
     return {"fraction": fraction, "prompts": prompts_used(fraction, n_unlabeled),
             "pairs": len(pd.read_parquet(pairs_dir / "pairs.parquet")),
             "systems": {s: {k: m[k] for k in (metric, f"{metric}_low", f"{metric}_high", "n")}
                         for s, m in metrics["systems"].items()},
             "plad_vs_sft": metrics["paired"].get("plad_vs_sft"),
-            "keys": {"build_pairs": pairs_dir.name, "evaluate": evaluate_dir.name}}
+            "keys": {"build_pairs": json.loads((pairs_dir / "manifest.json").read_text())["upstream"]["build_pairs"],
+                     "curate_pairs": pairs_dir.name, "evaluate": evaluate_dir.name}}
 
 
 def run_scale(exp: ScaleExperiment, run_one: Callable[[str, list[str]], dict[str, str]],
@@ -84,7 +86,7 @@ def run_scale(exp: ScaleExperiment, run_one: Callable[[str, list[str]], dict[str
         overrides = run_overrides(exp, fraction, extra)
         cfg = load_config(exp.config, overrides)
         paths = run_one(exp.config, overrides)
-        points.append(scale_point(fraction, cfg.data.n_unlabeled, Path(paths["build_pairs"]), Path(paths["evaluate"]),
+        points.append(scale_point(fraction, cfg.data.n_unlabeled, Path(paths["curate_pairs"]), Path(paths["evaluate"]),
                                   exp.metric))
     config = {"experiment": asdict(exp), "extra": extra}
     upstream = {f"evaluate@{p['fraction']}": p["keys"]["evaluate"] for p in points}

@@ -149,6 +149,7 @@ class TableResults:
     pairs: PairQuality
     judge: Optional[Metrics]
     keys: dict[str, str] = field(default_factory=dict)
+    curation: Optional[dict[str, Any]] = field(default=None, metadata={"omit_if_none": True})  # curate_pairs' stats
 
 
 def table_json(value: Any) -> Any:

@@ -76,10 +76,19 @@ def pair_accuracy(frame: pd.DataFrame) -> Optional[float]:
     return round(100 * float((chosen > rejected).mean()), 2)
 
 
+def with_row_references(pairs: pd.DataFrame, data: Artifact) -> pd.DataFrame:
+    """``pairs`` with ``reference`` set to each pair's unlabeled row's human reference (null where the row
+    has none): the pairs carry none by default (``pairs.references``), and the table judges pair quality
+    against the labels anyway, as an evaluation the losses never see."""
+    rows = read_split(data, "unlabeled").set_index("id")["reference"]
+    return pairs.assign(reference=pairs["id"].map(rows))
+
+
 def pair_quality(pairs: pd.DataFrame, n_resamples: int, seed: int) -> PairQuality:
     """Is the teacher's output really better? ROUGE-L F1 (x100) of y_T and y_S against the human
-    reference (the margin loss's score, ``rouge_l_scores``) over the pairs that have one: shares where
-    y_T is higher, equal, lower, and the mean difference with its paired-bootstrap CI."""
+    reference (``rouge_l_scores``) over the pairs that have one: shares where y_T is higher, equal, lower,
+    and the mean difference with its paired-bootstrap CI. ``pairs["reference"]`` is the unlabeled row's
+    own reference joined from the data for this diagnostic (``with_row_references``), never a training input."""
     has = pairs["reference"].fillna("").str.strip() != ""
     rows = pairs[has]
     out = PairQuality(pairs=len(pairs), with_reference=len(rows),
@@ -213,7 +222,7 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
     calibration = {label: evaluate_likelihood_quality(samples, e.calibration_bins, n, rs, with_bins=False)
                    for label, (_, samples) in frames.items() if samples is not None and len(samples)}
 
-    scored = pd.read_parquet(pairs.file("pairs.parquet")).merge(
+    scored = with_row_references(pd.read_parquet(pairs.file("pairs.parquet")), data).merge(
         pd.read_parquet(before.file("scores.parquet")), on=["id", "sample_index"], how="left", validate="one_to_one")
     run_rows = []
     for r in runs:
@@ -233,4 +242,5 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
         experiment=asdict(exp), settings=_settings(exp, e, len(dev), judgments), systems=systems,
         comparisons=comparisons, length_buckets=_length_buckets(per_system), runs=run_rows,
         pairs=dataclasses.replace(pair_quality(scored, n, rs), sft_pair_accuracy=pair_accuracy(scored)),
-        judge=None if judgments is None else {k: v for k, v in win_rates(judgments, n, rs).items() if k != "vs"})
+        judge=None if judgments is None else {k: v for k, v in win_rates(judgments, n, rs).items() if k != "vs"},
+        curation=pairs.manifest.get("stats") if pairs.stage == "curate_pairs" else None)

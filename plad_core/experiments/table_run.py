@@ -29,7 +29,8 @@ from plad_core.stages import (
 from plad_core.stages.keys import keyed_slice
 
 STAGE = "table"
-SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sample_teacher", "sample_student", "build_pairs")
+SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sample_teacher", "sample_student", "build_pairs",
+                 "curate_pairs")
 REFERENCE_SCORER = "train.loss=dpo"   # a config whose score_pairs holds the SFT student's log-probs of y_T, y_S
 
 STEPS: dict[str, Callable[..., Artifact]] = {**RUNNERS, "dev_outputs": run_dev_outputs, "judgments": run_judgments}
@@ -55,7 +56,7 @@ def run_table(exp: TableExperiment, extra: Optional[list[str]] = None, step: Tab
     shared: dict[str, Artifact] = {}
     for name in SHARED_STAGES:
         shared[name] = step(name, base, store, *(shared[d] for d in DEPENDENCIES[name]), label=name)
-    data, sft, pairs = shared["prepare_data"], shared["sft_student"], shared["build_pairs"]
+    data, sft, pairs = shared["prepare_data"], shared["sft_student"], shared["curate_pairs"]
     before = step("score_pairs", load_config(exp.config, [*exp.overrides, *extra, REFERENCE_SCORER]), store, pairs,
                   sft, label="score_pairs (SFT log-probs)")
     outputs = {"teacher": step("dev_outputs", base, store, data, label="dev_outputs teacher"),
@@ -70,7 +71,7 @@ def run_table(exp: TableExperiment, extra: Optional[list[str]] = None, step: Tab
     judged = step("judgments", base, store, data, outputs, label="judgments") if base.eval.judge.enabled else None
 
     config = {"experiment": asdict(exp), "extra": extra, "eval": keyed_slice(base, ["eval"])["eval"]}
-    upstream = {"build_pairs": pairs.key, "score_pairs (SFT log-probs)": before.key,
+    upstream = {"build_pairs": shared["build_pairs"].key, "curate_pairs": pairs.key, "score_pairs (SFT log-probs)": before.key,
                 **{f"dev_outputs {n}": a.key for n, a in outputs.items()},
                 **{f"calibrate {r.label}": r.calibrated.key for r in runs},
                 **({"judgments": judged.key} if judged else {})}

@@ -37,10 +37,17 @@ def margin_calibration_loss(chosen_logp: torch.Tensor, rejected_logp: torch.Tens
 
         L = mean_i max(0, beta * (s(y_T,i) - s(y_S,i)) - log P̄(y_T,i | x_i) + log P̄(y_S,i | x_i))
 
+    The score s. PLaD's margin variant scales the margin by a quality score of each output; its prompts
+    are unlabeled, so s must not need a human label. Here (``rouge.rouge_l_scores``, as the trainer
+    calls it) s is ROUGE-L F1 against y_T: s(y_T) = 1 and s(y_S) = ROUGE-L(y_S, y_T), so the margin is
+    beta * (1 - ROUGE-L(y_S, y_T)), wide for a y_S far from the teacher's text and near zero for a
+    near-copy. Only under ``pairs.references: true`` (the opt-in labeled-pair setting, not PLaD's) do
+    the pairs carry the human reference, and s is then ROUGE-L against it.
+
     Args:
         chosen_logp: (B,) log P̄(y_T | x) under the student.
         rejected_logp: (B,) log P̄(y_S | x) under the student.
-        chosen_score: (B,) s(y_T), e.g. from ``rouge.rouge_l_scores``.
+        chosen_score: (B,) s(y_T), from ``rouge.rouge_l_scores`` (1 without a reference).
         rejected_score: (B,) s(y_S).
         beta: scale of the score gap, in nats per token.
     Returns:

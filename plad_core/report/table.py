@@ -13,6 +13,7 @@ from typing import Any
 
 from plad_core.evaluation.judge import REFERENCE
 from plad_core.report.blocks import Block, Heading, Image, Para, Table
+from plad_core.report.curation import curation_blocks_from_stats
 from plad_core.report.plots import bucket_plot
 from plad_core.report.table_discussion import discussion
 from plad_core.report.text import ci_text, delta_text, num_text, pct_text, system_label
@@ -180,6 +181,7 @@ def table_blocks(exp: Experiment, extra: list[str], result: Result,
               Heading("Discussion"), *[Para(p) for p in discussion(result)],
               *_metric_sections(result), *_per_seed_section(result), *_bucket_section(result),
               *_calibration_section(result), *_judge_section(result), *_training_section(result),
+              *curation_blocks_from_stats(getattr(result, "curation", None))[0],
               *_tuning_section(exp), *_provenance_section(exp, extra, result)]
     summary = [Heading(f"PLaD table: {exp.name}", 2), headline, Para(f"Full report: {report_path}")]
     return blocks, summary

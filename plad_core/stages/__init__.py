@@ -5,13 +5,14 @@ upstream artifact keys these make its artifact key (see ``plad_core.artifacts``)
 declares the graph once. Nothing here knows Prefect: ``flows/distill.py`` wraps these functions as
 tasks, and ``run_stage`` resolves the same DAG for plain Python callers and ``plad stage``.
 
-One module per concern: ``data``, ``student``, ``sampling``, ``pairs``, ``calibrate``, ``evaluate``
+One module per concern: ``data``, ``student``, ``sampling``, ``pairs``, ``curate``, ``calibrate``, ``evaluate``
 and ``promote`` hold the runners; ``keys`` what enters the keys, ``inputs`` how a stage reads its
 upstream artifacts, ``checks`` the fail-fast settings checks.
 """
 
 from plad_core.stages.calibrate import calibrate_student, run_calibrate
 from plad_core.stages.checks import check_train_loss
+from plad_core.stages.curate import run_curate_pairs
 from plad_core.stages.dag import (
            DEPENDENCIES,
            RUNNERS,
@@ -32,6 +33,6 @@ from plad_core.stages.sampling import (
 from plad_core.stages.student import run_init_student, run_sft_student
 
 __all__ = ["DEPENDENCIES", "RUNNERS", "STAGES", "Stage", "calibrate_student", "check_train_loss",
-           "dev_frames", "read_split", "run_build_pairs", "run_calibrate", "run_dev_outputs", "run_evaluate",
+           "dev_frames", "read_split", "run_build_pairs", "run_calibrate", "run_curate_pairs", "run_dev_outputs", "run_evaluate",
            "run_init_student", "run_judgments", "run_prepare_data", "run_promote", "run_sample_student",
            "run_sample_teacher", "run_score_pairs", "run_sft_student", "run_stage", "sampling_jobs"]

@@ -35,6 +35,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
     "sample_teacher": ("plad_core.stages.sampling", "run_sample_teacher"),
     "sample_student": ("plad_core.stages.sampling", "run_sample_student"),
     "build_pairs": ("plad_core.stages.pairs", "run_build_pairs"),
+    "curate_pairs": ("plad_core.stages.curate", "run_curate_pairs"),
     "score_pairs": ("plad_core.stages.pairs", "run_score_pairs"),
     "calibrate": ("plad_core.stages.calibrate", "run_calibrate"),
     "evaluate": ("plad_core.stages.evaluate", "run_evaluate"),

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.stages.calibrate import run_calibrate
+from plad_core.stages.curate import run_curate_pairs
 from plad_core.stages.data import run_prepare_data
 from plad_core.stages.evaluate import run_dev_outputs, run_evaluate, run_judgments
 from plad_core.stages.pairs import run_build_pairs, run_score_pairs
@@ -38,8 +39,9 @@ STAGES: dict[str, Stage] = {
     "sample_teacher": Stage(run_sample_teacher, ("prepare_data",)),
     "sample_student": Stage(run_sample_student, ("prepare_data", "sft_student")),
     "build_pairs": Stage(run_build_pairs, ("prepare_data", "sample_teacher", "sample_student")),
-    "score_pairs": Stage(run_score_pairs, ("build_pairs", "sft_student")),
-    "calibrate": Stage(run_calibrate, ("build_pairs", "sft_student", "score_pairs")),
+    "curate_pairs": Stage(run_curate_pairs, ("build_pairs", "sft_student")),
+    "score_pairs": Stage(run_score_pairs, ("curate_pairs", "sft_student")),
+    "calibrate": Stage(run_calibrate, ("curate_pairs", "sft_student", "score_pairs")),
     "evaluate": Stage(run_evaluate, ("prepare_data", "sft_student", "calibrate")),
     # one model's dev outputs (the teacher's without a model artifact), and the judge's verdicts on named ones
     "dev_outputs": Stage(run_dev_outputs, ("prepare_data",), on_demand=True),

@@ -23,6 +23,7 @@ from plad_core.progress import ProgressCallback, Steps
 from plad_core.report import evaluation as report
 from plad_core.sampling import openai_api
 from plad_core.stages.checks import calibration_k
+from plad_core.stages.curate import curation_stats
 from plad_core.stages.inputs import (
     dev_frames,
     load_artifact_model,
@@ -285,6 +286,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
         steps.report("metrics and report")
         started = time.perf_counter()
         metrics = _metrics(cfg, generations, dev, samples, judgments, k, seconds)
+        metrics["curation"] = curation_stats(store, calibrated)  # the report's pair-curation section
         _write_outputs(out, cfg, metrics, generations, samples, dev, calibrated,
                        _provenance(store, key, config, upstream, outputs, judged))
         seconds["metrics_and_report"] = time.perf_counter() - started

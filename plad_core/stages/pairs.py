@@ -1,5 +1,5 @@
 """The pair stages: build_pairs (chosen = teacher text, rejected = student text) and score_pairs
-(what the losses read from frozen models, computed once)."""
+(what the losses read from frozen models, computed once); curate_pairs between them is in ``curate``."""
 
 from __future__ import annotations
 
@@ -24,14 +24,18 @@ from plad_core.training import reference_scores
 from plad_core.training.batches import encode_pairs
 from plad_core.training.calibrate import check_teacher_tokenizer
 
+# build_pairs' key: what it produces (pairs.curate is the curate_pairs stage's).
+BUILD_PAIRS_SLICE = ["pairs.min_chars", "pairs.unlabeled_fraction", "pairs.truncated", "pairs.references"]
+
 
 def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teacher_samples: Artifact,
                     student_samples: Artifact, force: bool = False) -> Artifact:
     """Pseudo-preference pairs (chosen = teacher text, rejected = student text) in ``pairs.parquet``,
-    from the first ceil(``pairs.unlabeled_fraction`` x n) unlabeled prompts (split order)."""
+    from the first ceil(``pairs.unlabeled_fraction`` x n) unlabeled prompts (split order). Their
+    ``reference`` is null unless ``pairs.references`` (unlabeled means unlabeled, ``plad_core.pairs``)."""
     fraction = cfg.pairs.unlabeled_fraction
     check_unlabeled_fraction(fraction)
-    config = config_slice(cfg, ["pairs"])
+    config = config_slice(cfg, BUILD_PAIRS_SLICE)
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         unlabeled = read_split(data, "unlabeled")
@@ -39,7 +43,8 @@ def run_build_pairs(cfg: DictConfig, store: ArtifactStore, data: Artifact, teach
         used = set(unlabeled["id"])
         teacher, student = (pd.read_parquet(a.file("samples.parquet")) for a in (teacher_samples, student_samples))
         pairs, stats = build_pairs(teacher[teacher["id"].isin(used)], student[student["id"].isin(used)],
-                                   dict(zip(unlabeled["id"], unlabeled["reference"])), cfg.pairs.min_chars,
+                                   dict(zip(unlabeled["id"], unlabeled["reference"])) if cfg.pairs.references
+                                   else None, cfg.pairs.min_chars,
                                    cfg.pairs.truncated)
         check_not_all_truncated(stats)
         pq.write_table(pa.Table.from_pandas(pairs, schema=PAIRS_SCHEMA, preserve_index=False), out / "pairs.parquet")
