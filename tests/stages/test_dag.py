@@ -15,15 +15,16 @@ from plad_core.stages import DEPENDENCIES, RUNNERS, STAGES, Stage, code_version
 # The name every runner gives the artifact of an upstream stage (one name per stage, everywhere).
 ARGUMENT = {"data": "prepare_data", "init": "init_student", "sft": "sft_student", "teacher_samples": "sample_teacher",
             "student_samples": "sample_student", "pairs": "build_pairs", "scores": "score_pairs",
-            "calibrated": "calibrate"}
+            "calibrated": "calibrate", "tuned_teacher": "sft_teacher"}
 DISTILL = REPO / "flows" / "distill.py"
 
 
 def upstream_parameters(runner) -> list[str]:
-    """The runner's parameters after (cfg, store) that take one upstream Artifact, which must come first."""
+    """The runner's parameters after (cfg, store) that take one upstream Artifact, which must come first
+    (``Artifact | None``: one the runner reuses or builds itself when not given)."""
     names = list(inspect.signature(runner).parameters.values())
     assert [p.name for p in names[:2]] == ["cfg", "store"], runner.__name__
-    upstream = [p.name for p in names[2:] if p.annotation == "Artifact"]
+    upstream = [p.name for p in names[2:] if p.annotation in ("Artifact", "Artifact | None")]
     assert [p.name for p in names[2:2 + len(upstream)]] == upstream, f"{runner.__name__}: upstream artifacts first"
     return upstream
 
