@@ -61,6 +61,7 @@ def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None 
             config = {"teacher": api_identity(api), **sampling_slice(cfg, side, backend, compiled)}
             upstream, label = (data,), api.model
         else:
+            teacher = teacher or local_teacher(cfg, None)
             load, config, upstream, label = _local_teacher_sampling(cfg, data, teacher, backend, compiled)
             prompt = teacher.prompt
     else:
@@ -76,11 +77,10 @@ def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None 
     return _Sampling(stage, config, upstream, spec, label, prompt)
 
 
-def _local_teacher_sampling(cfg: DictConfig, data: Artifact, teacher: LocalTeacher | None, backend: str,
+def _local_teacher_sampling(cfg: DictConfig, data: Artifact, teacher: LocalTeacher, backend: str,
                             compiled: bool) -> tuple[dict[str, Any], dict[str, Any], tuple[Artifact, ...], str]:
     """(model to load, key config, upstream, label) of a local teacher: untuned, keyed as it always was;
     tuned, keyed by the sft_teacher artifact (an upstream) and the zero-shot prompt it samples with."""
-    teacher = teacher or local_teacher(cfg, None)
     load = {"model": teacher.model, "revision": teacher.revision, "trust_remote_code": teacher.trust_remote_code,
             "use_safetensors": teacher.use_safetensors}
     config = {"teacher": teacher.identity, **sampling_slice(cfg, "teacher", backend, compiled)}
@@ -140,12 +140,11 @@ def sampling_jobs(cfg: DictConfig, store: ArtifactStore, stage: str, data: Artif
             for shard in plan.shards if not shard.path(work).is_file()]
 
 
-def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, tuned_teacher: Artifact | None = None,
+def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, tuned_teacher: Artifact,
                        force: bool = False) -> Artifact:
     """Teacher outputs y_T for every unlabeled prompt (``samples.parquet``), sharded and resumable.
 
-    ``tuned_teacher`` is the sft_teacher artifact (None: reused or built here): with a model, that model
-    is sampled, zero-shot, and the artifact is an upstream of the samples; without one (teacher SFT
+    ``tuned_teacher`` is the sft_teacher artifact: with a model, that model is sampled, zero-shot, and the artifact is an upstream of the samples; without one (teacher SFT
     off), ``teacher.model`` with ``teacher.prompt`` as configured, keyed as without the stage.
     ``teacher.sampling.backend``: hf and vllm load the teacher here (auto: vllm when installed);
     openai samples an OpenAI-compatible endpoint (``teacher.sampling.api``) and loads nothing, not
@@ -153,8 +152,7 @@ def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, tu
     ``openai_api.CHARS_PER_TOKEN`` characters. Shards already committed (a killed run, or
     ``sampling_jobs`` run elsewhere) are kept.
     """
-    local = None if cfg.teacher.sampling.backend == "openai" else (
-        local_teacher(cfg, tuned_teacher) if tuned_teacher is not None else teacher_model_spec(cfg, store, data))
+    local = None if cfg.teacher.sampling.backend == "openai" else local_teacher(cfg, tuned_teacher)
     return _run_sampling(cfg, store, _sampling(cfg, "sample_teacher", data, teacher=local), force)
 
 

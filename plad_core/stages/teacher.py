@@ -27,9 +27,16 @@ from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.config import ConfigError
 from plad_core.models import MODEL_DIR
-from plad_core.stages.data import run_prepare_data
+from plad_core.sampling import openai_api
 from plad_core.stages.inputs import prompts_for, read_split
-from plad_core.stages.keys import materialize, teacher_identity, training_slice
+from plad_core.stages.keys import (
+    api_identity,
+    keyed_slice,
+    materialize,
+    stage_key,
+    teacher_identity,
+    training_slice,
+)
 from plad_core.training import steps
 from plad_core.training.batches import (
     collate,
@@ -149,12 +156,28 @@ def local_teacher(cfg: DictConfig, tuned: Artifact | None) -> LocalTeacher:
                         {"sft_teacher": tuned.key}, tuned)
 
 
-def teacher_model_spec(cfg: DictConfig, store: ArtifactStore, data: Artifact | None = None) -> LocalTeacher:
-    """The local teacher for any stage that loads it (sampling, dev outputs, teacher log-probs): the
-    sft_teacher artifact, reused or built (``data``: the prepare_data artifact, reused or built when None)."""
+def teacher_model_spec(cfg: DictConfig, store: ArtifactStore, data: Artifact) -> LocalTeacher:
+    """The local teacher for a stage that loads it without the sft_teacher artifact in hand (sampling on
+    Dask, the teacher's dev outputs, its log-probs): the sft_teacher artifact of ``data`` looked up in
+    ``store``. It is upstream of sample_teacher, so every later stage finds it built; a lookup, not a
+    build, so the code of those stages does not reach the trainer (``code_version``)."""
     if not teacher_sft_enabled(cfg):
         return local_teacher(cfg, None)
-    return local_teacher(cfg, run_sft_teacher(cfg, store, data or run_prepare_data(cfg, store)))
+    key = stage_key("sft_teacher", sft_teacher_config(cfg), [data])
+    tuned = store.get("sft_teacher", key)
+    if tuned is None:
+        raise FileNotFoundError(f"teacher.sft is on, but the sft_teacher artifact {key} is not in {store.root}: "
+                                "build it first (plad stage sft_teacher, or the distill flow)")
+    return local_teacher(cfg, tuned)
+
+
+def teacher_key_entries(cfg: DictConfig, store: ArtifactStore, data: Artifact) -> dict[str, Any]:
+    """The teacher as the dev outputs' and evaluate's keys name it: ``{"teacher": ..., "teacher.prompt":
+    ...}``, an endpoint's identity behind an API, else ``teacher_model_spec``'s (untuned: as it always was)."""
+    if cfg.teacher.sampling.backend == "openai":
+        api = openai_api.ApiSettings.from_config(cfg.teacher.sampling.api).check("teacher.sampling.api")
+        return {"teacher": api_identity(api), **keyed_slice(cfg, ["teacher.prompt"])}
+    return teacher_model_spec(cfg, store, data).key_entries()
 
 
 def repeated_trigram_share(text: str) -> float:

@@ -20,11 +20,10 @@ DISTILL = REPO / "flows" / "distill.py"
 
 
 def upstream_parameters(runner) -> list[str]:
-    """The runner's parameters after (cfg, store) that take one upstream Artifact, which must come first
-    (``Artifact | None``: one the runner reuses or builds itself when not given)."""
+    """The runner's parameters after (cfg, store) that take one upstream Artifact, which must come first."""
     names = list(inspect.signature(runner).parameters.values())
     assert [p.name for p in names[:2]] == ["cfg", "store"], runner.__name__
-    upstream = [p.name for p in names[2:] if p.annotation in ("Artifact", "Artifact | None")]
+    upstream = [p.name for p in names[2:] if p.annotation == "Artifact"]
     assert [p.name for p in names[2:2 + len(upstream)]] == upstream, f"{runner.__name__}: upstream artifacts first"
     return upstream
 
