@@ -13,11 +13,21 @@ from plad_core.artifacts import ArtifactStore
 from plad_core.config import ConfigError, load_config
 from plad_core.data import build_prompts, task_spec
 from plad_core.models import MODEL_DIR, load_model
-from plad_core.stages import run_prepare_data, run_sample_teacher, run_sft_teacher, run_stage
+from plad_core.stages import (
+    run_prepare_data,
+    run_sample_teacher,
+    run_sft_teacher,
+    run_stage,
+)
 from plad_core.stages import sampling as stage_sampling
 from plad_core.stages.evaluate import dev_teacher_identity
 from plad_core.stages.inputs import read_split
-from plad_core.stages.keys import keyed_slice, sampling_slice, stage_key, teacher_identity
+from plad_core.stages.keys import (
+    keyed_slice,
+    sampling_slice,
+    stage_key,
+    teacher_identity,
+)
 from plad_core.stages.teacher import (
     local_teacher,
     repeated_trigram_share,
