@@ -171,6 +171,33 @@ def teacher_model_spec(cfg: DictConfig, store: ArtifactStore, data: Artifact) ->
     return local_teacher(cfg, tuned)
 
 
+def pairs_teacher(cfg: DictConfig, store: ArtifactStore, pairs: Artifact) -> LocalTeacher:
+    """The teacher whose samples are the chosen side of ``pairs`` (a build_pairs artifact): the
+    sft_teacher artifact its sample_teacher upstream names, else the configured teacher. For the
+    stages that score the pairs under the teacher (dpkd's log-probs, token_kd) without data in hand."""
+    samples = store.get("sample_teacher", pairs.manifest["upstream"].get("sample_teacher", ""))
+    tuned_key = samples.manifest["upstream"].get("sft_teacher") if samples is not None else None
+    if tuned_key is None:
+        return local_teacher(cfg, None)
+    tuned = store.get("sft_teacher", tuned_key)
+    if tuned is None:
+        raise FileNotFoundError(f"the pairs {pairs.key} come from the tuned teacher sft_teacher/{tuned_key}, "
+                                f"which is not in {store.root}")
+    return local_teacher(cfg, tuned)
+
+
+def with_teacher(cfg: DictConfig, teacher: LocalTeacher) -> DictConfig:
+    """``cfg`` with ``teacher.model`` the model of ``teacher``, for code that loads the teacher from a
+    config (``models.load_teacher``, torchrun's ranks); ``cfg`` itself when untuned. The judge keeps the
+    configured model (``eval.judge.model`` is resolved first: its default is ``${teacher.model}``)."""
+    if teacher.tuned is None:
+        return cfg
+    merged = OmegaConf.merge(cfg, {"teacher": {"model": teacher.model, "revision": None, "use_safetensors": True},
+                                   "eval": {"judge": {"model": cfg.eval.judge.model}}})
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
 def teacher_key_entries(cfg: DictConfig, store: ArtifactStore, data: Artifact) -> dict[str, Any]:
     """The teacher as the dev outputs' and evaluate's keys name it: ``{"teacher": ..., "teacher.prompt":
     ...}``, an endpoint's identity behind an API, else ``teacher_model_spec``'s (untuned: as it always was)."""

@@ -42,7 +42,7 @@ TUNED = ["teacher.sft.enabled=true", "data.n_labeled=10", "teacher.sft.held_out=
 
 @pytest.fixture(scope="module")
 def teacher_folder(tmp_path_factory):
-    return make_tiny_model(tmp_path_factory.mktemp("teacher") / "model", layers=2)
+    return make_tiny_model(tmp_path_factory.mktemp("teacher") / "model", layers=4)
 
 
 def config(root, teacher, extra=()):
@@ -176,3 +176,22 @@ def test_repeated_trigram_share_counts_repeats_of_earlier_trigrams():
     assert repeated_trigram_share("I am I am I am") == pytest.approx(2 / 4)  # iai aia iai aia
     assert repeated_trigram_share("one two") == 0.0 and repeated_trigram_share("") == 0.0
     assert repeated_trigram_share("The cat sat the CAT sat") == pytest.approx(1 / 4)  # lower-cased
+
+
+def test_the_pairs_teacher_follows_the_samples_and_a_config_with_it_loads_the_tuned_model(tuned):
+    cfg, store, data, artifact = tuned
+    from plad_core import models
+    from plad_core.stages.teacher import pairs_teacher, with_teacher
+    student = run_stage("sft_student", cfg, store)
+    pairs = run_stage("build_pairs", cfg, store, done={"prepare_data": data, "sft_student": student,
+                                                       "sft_teacher": artifact})
+    assert pairs.manifest["upstream"]["sample_teacher"] == run_sample_teacher(cfg, store, data, artifact).key
+    spec = pairs_teacher(cfg, store, pairs)
+    assert spec.tuned.key == artifact.key
+    tuned_cfg = with_teacher(cfg, spec)
+    assert tuned_cfg.teacher.model == spec.model and tuned_cfg.eval.judge.model == cfg.teacher.model
+    loaded, _ = models.load_teacher(tuned_cfg)
+    saved, _ = load_model(str(artifact.file(MODEL_DIR)), cfg.cache_dir)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), saved.state_dict().values()))
+    off = load_config("tldr", tiny_overrides(store.root.parent, cfg.teacher.model))
+    assert with_teacher(off, local_teacher(off, None)) is off
