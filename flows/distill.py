@@ -29,6 +29,7 @@ from tasks import (
     sample_teacher,
     score_pairs,
     sft_student,
+    sft_teacher,
 )
 
 # Runs started by a deployment's runner leave the root logger at WARNING; plad's stage progress
@@ -64,6 +65,7 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
     data = prepare_data(cfg, store, force="prepare_data" in rebuild)
     init = init_student(cfg, store, data, force="init_student" in rebuild)
     sft = sft_student(cfg, store, data, init, force="sft_student" in rebuild)
+    tuned_teacher = sft_teacher(cfg, store, data, force="sft_teacher" in rebuild)
     if cfg.runner.kind == "dask":  # the shards run on the cluster; the two stages below then merge them
         jobs = (sampling_jobs(cfg, store, "sample_teacher", data, force="sample_teacher" in rebuild,
                               torch_threads=cfg.runner.torch_threads)
@@ -71,7 +73,7 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
                                 torch_threads=cfg.runner.torch_threads))
         if jobs:
             sample_shards_on_dask(cfg.runner, jobs)
-    teacher_samples = sample_teacher(cfg, store, data, force="sample_teacher" in rebuild)
+    teacher_samples = sample_teacher(cfg, store, data, tuned_teacher, force="sample_teacher" in rebuild)
     student_samples = sample_student(cfg, store, data, sft, force="sample_student" in rebuild)
     built = build_pairs(cfg, store, data, teacher_samples, student_samples, force="build_pairs" in rebuild)
     pairs = curate_pairs(cfg, store, built, sft, force="curate_pairs" in rebuild)
@@ -91,7 +93,7 @@ def distill(config: str = "tldr", overrides: Optional[list[str]] = None,
     # Named, not logged whole: `plad run` prints the summary once at the end, and the UI shows the artifact.
     get_run_logger().info("results: Prefect artifacts 'distill-results' and 'distill-results-table'; report: %s",
                           results.file("report.html"))
-    artifacts = {a.stage: str(a.path) for a in (data, init, sft, teacher_samples, student_samples, built, pairs,
-                                                 scores, calibrated, results)}
+    artifacts = {a.stage: str(a.path) for a in (data, init, sft, tuned_teacher, teacher_samples, student_samples,
+                                                 built, pairs, scores, calibrated, results)}
     return {"config": cfg.name, "metrics": results.manifest["stats"]["metrics"], "artifacts": artifacts,
             "promotion": decision}

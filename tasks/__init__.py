@@ -41,6 +41,7 @@ promote = task(run_promote, name="promote", cache_policy=NO_CACHE, persist_resul
 prepare_data = stage_task("prepare_data")
 init_student = stage_task("init_student")
 sft_student = stage_task("sft_student")
+sft_teacher = stage_task("sft_teacher")
 sample_teacher = stage_task("sample_teacher")
 sample_student = stage_task("sample_student")
 build_pairs = stage_task("build_pairs")

@@ -63,7 +63,8 @@ def test_flow_samples_on_an_existing_cluster_like_one_process(harness, tmp_path)
         assert stats["shards"] == 3 and stats["resumed_shards"] == 3  # every shard came from the cluster
     dask_rows = {stage: samples(a) for stage, a in on_dask.items()}
     # the same stages again in this process (same keys, rebuilt): one process, shard by shard
-    single = {"sample_teacher": stages.run_sample_teacher(cfg, store, data, force=True),
+    single = {"sample_teacher": stages.run_sample_teacher(cfg, store, data, stages.run_sft_teacher(cfg, store, data),
+                                                          force=True),
               "sample_student": stages.run_sample_student(cfg, store, data, sft, force=True)}
     for stage, artifact in single.items():
         assert artifact.key == on_dask[stage].key and artifact.manifest["stats"]["resumed_shards"] == 0

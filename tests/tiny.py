@@ -37,7 +37,7 @@ def make_tiny_model(out: Path, layers: int = 4, seed: int = 0, hidden: int = 64)
 # GPU or an AVX512-BF16/AMX CPU (and auto is float32 on an AVX2 CPU, where bf16 is 15-75x slower).
 # tests/stages/test_precision.py tests auto itself.
 FLOAT32 = ["teacher.sampling.dtype=float32", "student.sampling.dtype=float32", "eval.dtype=float32",
-           "student.heal.bf16=false", "sft.bf16=false", "train.optim.bf16=false"]
+           "student.heal.bf16=false", "sft.bf16=false", "train.optim.bf16=false", "teacher.sft.bf16=false"]
 
 
 # CPU feature flags as torch.cpu.get_capabilities() names them (the rest of its mapping left out), for
@@ -65,6 +65,8 @@ def tiny_overrides(root: Path, teacher: Path, data: Path = TLDR) -> list[str]:
             "teacher.sampling.max_new_tokens=8", "student.sampling.max_new_tokens=8", "eval.max_new_tokens=8",
             "teacher.sampling.shard_size=4", "teacher.sampling.stop=[]", "student.sampling.stop=[]",
             "sft.batch_size=2", "train.optim.batch_size=2",
+            # the few-shot teacher, as in the demo (tests/stages/test_teacher_sft.py tunes one)
+            "teacher.sft.enabled=false",
             # random-init models never emit EOS, so every 8-token output is cut: keep (not drop) those pairs
             "pairs.truncated=keep",
             # not auto's vllm: these models' 16-wide attention heads are below vLLM's CPU kernels' minimum

@@ -38,10 +38,11 @@ from plad_core.config.schema import (
                                      StudentConfig,
                                      StudentSamplingConfig,
                                      TeacherConfig,
+                                     TeacherSftConfig,
                                      TrainConfig,
 )
 
 __all__ = ["CONF_DIR", "JUDGE_CANDIDATES", "ApiConfig", "ConfigError", "DataConfig", "EvalConfig", "HealConfig",
            "JudgeConfig", "LaunchConfig", "OptimConfig", "PairsConfig", "PladConfig", "PromotionConfig",
            "PromptConfig", "RunnerConfig", "SamplingConfig", "StudentConfig", "StudentSamplingConfig",
-           "TeacherConfig", "TrainConfig", "config_slice", "load_config", "template_problem", "validate"]
+           "TeacherConfig", "TeacherSftConfig", "TrainConfig", "config_slice", "load_config", "template_problem", "validate"]

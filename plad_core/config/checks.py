@@ -76,9 +76,14 @@ STUDENT_FROM_API_TEACHER = (
 
 def _api_teacher_problems(cfg: DictConfig) -> Iterator[tuple[str, str]]:
     """With ``teacher.sampling.backend=openai`` nothing may load ``teacher.model`` locally: the student
-    must be named, and the judge must not default to the teacher (``${teacher.model}``)."""
+    must be named, the judge must not default to the teacher (``${teacher.model}``), and the teacher
+    cannot be fine-tuned (``teacher.sft.enabled`` true)."""
     if cfg.teacher.sampling.backend != "openai":
         return
+    if cfg.teacher.sft.enabled is True:
+        yield "teacher.sft.enabled", (
+            "teacher.sft.enabled=true, but teacher.sampling.backend=openai puts the teacher behind an API, "
+            "whose weights cannot be fine-tuned here: set teacher.sft.enabled=auto or false (an API teacher is used as is)")
     if not cfg.student.model:
         yield "student.model", STUDENT_FROM_API_TEACHER
     j = cfg.eval.judge

@@ -90,18 +90,9 @@ class StudentSamplingConfig(SamplingConfig):
 
 
 @dataclass
-class TeacherConfig:
-    model: str = "embedded:smollm2-135m-instruct"
-    revision: Optional[str] = None
-    trust_remote_code: bool = False
-    use_safetensors: bool = True
-    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(fewshot_k=2, max_tokens=768))
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-
-@dataclass
 class OptimConfig:
-    """``train.optim``'s defaults; ``sft`` changes lr and batch_size (``PladConfig``)."""
+    """``train.optim``'s defaults; ``sft`` changes lr and batch_size (``PladConfig``), ``teacher.sft``
+    lr, batch_size and max_seq_len (``TeacherSftConfig``)."""
     lr: float = _f(1e-5, gt=0)
     weight_decay: float = _f(0.0, ge=0)
     warmup_steps: int = _f(0, ge=0)
@@ -116,6 +107,34 @@ class OptimConfig:
     seed: int = _f(0, **SEED)
     gradient_checkpointing: bool = False
     checkpoint_every: int = _f(25, ge=0)
+
+
+@dataclass
+class TeacherSftConfig(OptimConfig):
+    """``teacher.sft``: supervised fine-tuning of a local teacher on the labeled split before it is
+    sampled (PLaD fine-tunes teacher and student on the labeled data first), with ``OptimConfig``'s
+    trainer settings. ``enabled`` auto: on for a local teacher (backend auto, hf or vllm), off for an
+    API teacher, used as is. ``held_out`` labeled rows (by a stable hash, never dev) are kept out of
+    training and scored every ``eval_every`` steps; the step with the lowest held-out NLL of the
+    references is the one kept (the paper picks by win rate against the references, which needs a
+    judge the CPU setting does not have)."""
+    enabled: Any = _f("auto", choices=("auto", True, False))  # Any: YAML's true/false stay bools
+    held_out: int = _f(32, ge=0)
+    eval_every: int = _f(10, ge=1)
+    lr: float = _f(5e-5, gt=0)
+    batch_size: int = _f(8, ge=1)
+    max_seq_len: int = _f(832, ge=1)
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "embedded:smollm2-135m-instruct"
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    use_safetensors: bool = True
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(fewshot_k=2, max_tokens=768))
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sft: TeacherSftConfig = field(default_factory=TeacherSftConfig)
 
 
 @dataclass

@@ -29,8 +29,8 @@ from plad_core.stages import (
 from plad_core.stages.keys import keyed_slice
 
 STAGE = "table"
-SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sample_teacher", "sample_student", "build_pairs",
-                 "curate_pairs")
+SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sft_teacher", "sample_teacher", "sample_student",
+                 "build_pairs", "curate_pairs")
 REFERENCE_SCORER = "train.loss=dpo"   # a config whose score_pairs holds the SFT student's log-probs of y_T, y_S
 
 STEPS: dict[str, Callable[..., Artifact]] = {**RUNNERS, "dev_outputs": run_dev_outputs, "judgments": run_judgments}

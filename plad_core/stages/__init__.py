@@ -5,7 +5,7 @@ upstream artifact keys these make its artifact key (see ``plad_core.artifacts``)
 declares the graph once. Nothing here knows Prefect: ``flows/distill.py`` wraps these functions as
 tasks, and ``run_stage`` resolves the same DAG for plain Python callers and ``plad stage``.
 
-One module per concern: ``data``, ``student``, ``sampling``, ``pairs``, ``curate``, ``calibrate``, ``evaluate``
+One module per concern: ``data``, ``student``, ``teacher``, ``sampling``, ``pairs``, ``curate``, ``calibrate``, ``evaluate``
 and ``promote`` hold the runners; ``keys`` what enters the keys, ``inputs`` how a stage reads its
 upstream artifacts, ``checks`` the fail-fast settings checks.
 """
@@ -31,8 +31,10 @@ from plad_core.stages.sampling import (
            sampling_jobs,
 )
 from plad_core.stages.student import run_init_student, run_sft_student
+from plad_core.stages.teacher import run_sft_teacher, teacher_model_spec
 
 __all__ = ["DEPENDENCIES", "RUNNERS", "STAGES", "Stage", "calibrate_student", "check_train_loss",
            "dev_frames", "read_split", "run_build_pairs", "run_calibrate", "run_curate_pairs", "run_dev_outputs", "run_evaluate",
            "run_init_student", "run_judgments", "run_prepare_data", "run_promote", "run_sample_student",
-           "run_sample_teacher", "run_score_pairs", "run_sft_student", "run_stage", "sampling_jobs"]
+           "run_sample_teacher", "run_score_pairs", "run_sft_student", "run_sft_teacher", "run_stage", "sampling_jobs",
+           "teacher_model_spec"]

@@ -32,6 +32,7 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
     "prepare_data": ("plad_core.stages.data", "run_prepare_data"),
     "init_student": ("plad_core.stages.student", "run_init_student"),
     "sft_student": ("plad_core.stages.student", "run_sft_student"),
+    "sft_teacher": ("plad_core.stages.teacher", "run_sft_teacher"),
     "sample_teacher": ("plad_core.stages.sampling", "run_sample_teacher"),
     "sample_student": ("plad_core.stages.sampling", "run_sample_student"),
     "build_pairs": ("plad_core.stages.pairs", "run_build_pairs"),

@@ -18,6 +18,7 @@ from plad_core.stages.evaluate import run_dev_outputs, run_evaluate, run_judgmen
 from plad_core.stages.pairs import run_build_pairs, run_score_pairs
 from plad_core.stages.sampling import run_sample_student, run_sample_teacher
 from plad_core.stages.student import run_init_student, run_sft_student
+from plad_core.stages.teacher import run_sft_teacher
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ STAGES: dict[str, Stage] = {
     "prepare_data": Stage(run_prepare_data, ()),
     "init_student": Stage(run_init_student, ("prepare_data",)),
     "sft_student": Stage(run_sft_student, ("prepare_data", "init_student")),
-    "sample_teacher": Stage(run_sample_teacher, ("prepare_data",)),
+    "sft_teacher": Stage(run_sft_teacher, ("prepare_data",)),
+    "sample_teacher": Stage(run_sample_teacher, ("prepare_data", "sft_teacher")),
     "sample_student": Stage(run_sample_student, ("prepare_data", "sft_student")),
     "build_pairs": Stage(run_build_pairs, ("prepare_data", "sample_teacher", "sample_student")),
     "curate_pairs": Stage(run_curate_pairs, ("build_pairs", "sft_student")),

@@ -31,7 +31,8 @@ GENERATION_SLICE = ["eval.max_new_tokens", "eval.batch_size", "eval.stop", "eval
 # float32 machine's keys are those of ``dtype: float32`` / ``bf16: false``), never the word auto.
 PRECISION = {"teacher.sampling.dtype": models.resolve_dtype, "student.sampling.dtype": models.resolve_dtype,
              "eval.dtype": models.resolve_dtype, "student.heal.bf16": models.resolve_bf16,
-             "sft.bf16": models.resolve_bf16, "train.optim.bf16": models.resolve_bf16}
+             "sft.bf16": models.resolve_bf16, "train.optim.bf16": models.resolve_bf16,
+             "teacher.sft.bf16": models.resolve_bf16}
 CALIBRATION_SLICE = ["eval.calibration_samples", "eval.calibration_rows", "eval.calibration_temperature",
                      "eval.calibration_top_p", "eval.seed"]
 

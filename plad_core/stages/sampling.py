@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from plad_core import models
 from plad_core.artifacts import Artifact, ArtifactStore
@@ -24,8 +24,8 @@ from plad_core.stages.keys import (
     precision,
     sampling_slice,
     stage_key,
-    teacher_identity,
 )
+from plad_core.stages.teacher import LocalTeacher, local_teacher, teacher_model_spec
 
 SAMPLING_SIDES = {"sample_teacher": "teacher", "sample_student": "student"}
 STUDENT_BACKENDS = ("auto", "hf", "vllm")  # the student is a local artifact: no API
@@ -39,24 +39,31 @@ class _Sampling:
     upstream: tuple[Artifact, ...]
     spec: SamplerSpec
     label: str                   # the samples' ``model`` column
+    prompt: DictConfig           # what the prompts are built with
 
 
-def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None = None) -> _Sampling:
+def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None = None,
+              teacher: LocalTeacher | None = None) -> _Sampling:
+    """``stage``'s inputs; ``teacher`` (sample_teacher with a local teacher): the one to sample, tuned or
+    not (None: ``teacher.model`` untuned)."""
     side = SAMPLING_SIDES[stage]
     sp = cfg[side].sampling
     where = f"{side}.sampling"
     compiled = vllm_backend.resolve_compile(sp.compile, where)
     api = None
+    prompt = cfg[side].prompt
     if side == "teacher":
         backend = check_backend(sp.backend, where)
         if backend == "openai":
             api = openai_api.ApiSettings.from_config(sp.api).check(f"{where}.api")
-        t = cfg.teacher
-        load = {"model": api.model if api else t.model,
-                "revision": t.revision, "trust_remote_code": t.trust_remote_code, "use_safetensors": t.use_safetensors}
-        config = {"teacher": api_identity(api) if api else teacher_identity(cfg),
-                  **sampling_slice(cfg, side, backend, compiled)}
-        upstream, label = (data,), api.model if api else t.model
+            load = {"model": api.model, "revision": cfg.teacher.revision,
+                    "trust_remote_code": cfg.teacher.trust_remote_code, "use_safetensors": cfg.teacher.use_safetensors}
+            config = {"teacher": api_identity(api), **sampling_slice(cfg, side, backend, compiled)}
+            upstream, label = (data,), api.model
+        else:
+            teacher = teacher or local_teacher(cfg, None)
+            load, config, upstream, label = _local_teacher_sampling(cfg, data, teacher, backend, compiled)
+            prompt = teacher.prompt
     else:
         backend = check_backend(sp.backend, where, STUDENT_BACKENDS,
                                 "the student is the sft_student artifact, built by this pipeline and sampled in-process")
@@ -67,7 +74,20 @@ def _sampling(cfg: DictConfig, stage: str, data: Artifact, sft: Artifact | None 
                        max_new_tokens=sp.max_new_tokens, stop=tuple(sp.stop), dtype=precision(cfg, f"{where}.dtype"),
                        batch_size=sp.batch_size, seed=sp.seed, compile=compiled, cache_dir=str(Path(cfg.cache_dir).resolve()), device=cfg.device,
                        api=tuple(dataclasses.asdict(api).items()) if api else None, desc=f"sample {label}", **load)
-    return _Sampling(stage, config, upstream, spec, label)
+    return _Sampling(stage, config, upstream, spec, label, prompt)
+
+
+def _local_teacher_sampling(cfg: DictConfig, data: Artifact, teacher: LocalTeacher, backend: str,
+                            compiled: bool) -> tuple[dict[str, Any], dict[str, Any], tuple[Artifact, ...], str]:
+    """(model to load, key config, upstream, label) of a local teacher: untuned, keyed as it always was;
+    tuned, keyed by the sft_teacher artifact (an upstream) and the zero-shot prompt it samples with."""
+    load = {"model": teacher.model, "revision": teacher.revision, "trust_remote_code": teacher.trust_remote_code,
+            "use_safetensors": teacher.use_safetensors}
+    config = {"teacher": teacher.identity, **sampling_slice(cfg, "teacher", backend, compiled)}
+    if teacher.tuned is None:
+        return load, config, (data,), cfg.teacher.model
+    config["teacher.prompt"] = OmegaConf.to_container(teacher.prompt)
+    return load, config, (data, teacher.tuned), f"sft_teacher:{teacher.tuned.key}"
 
 
 def _sampling_inputs(cfg: DictConfig, store: ArtifactStore, s: _Sampling) -> dict[str, Any]:
@@ -80,7 +100,7 @@ def _sampling_inputs(cfg: DictConfig, store: ArtifactStore, s: _Sampling) -> dic
                  else models.load_tokenizer(models.resolve_model_path(s.spec.model, s.spec.cache_dir),
                                             s.spec.revision, s.spec.trust_remote_code))
     rows = read_split(data, "unlabeled")
-    prompts, truncated = prompts_for(rows, data, cfg[side].prompt, tokenizer)
+    prompts, truncated = prompts_for(rows, data, s.prompt, tokenizer)
     earlier = store.find(s.stage, s.config, {a.stage: a.key for a in s.upstream[1:]})
     meta = {"backend": s.spec.backend, "model": s.label, "temperature": sp.temperature, "top_p": sp.top_p,
             "max_new_tokens": sp.max_new_tokens}
@@ -107,7 +127,8 @@ def sampling_jobs(cfg: DictConfig, store: ArtifactStore, stage: str, data: Artif
     another process can run (``samplers.run_shard_job``); none when the artifact exists (unless
     ``force``). Running them all and then ``run_<stage>`` with the same arguments commits the
     artifact from the shards, exactly as if the stage had sampled them itself."""
-    s = _sampling(cfg, stage, data, sft)
+    teacher = teacher_model_spec(cfg, store, data) if stage == "sample_teacher" else None
+    s = _sampling(cfg, stage, data, sft, teacher)
     key = stage_key(stage, s.config, list(s.upstream))
     if not force and store.get(stage, key) is not None:
         return []
@@ -119,16 +140,20 @@ def sampling_jobs(cfg: DictConfig, store: ArtifactStore, stage: str, data: Artif
             for shard in plan.shards if not shard.path(work).is_file()]
 
 
-def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, force: bool = False) -> Artifact:
+def run_sample_teacher(cfg: DictConfig, store: ArtifactStore, data: Artifact, tuned_teacher: Artifact,
+                       force: bool = False) -> Artifact:
     """Teacher outputs y_T for every unlabeled prompt (``samples.parquet``), sharded and resumable.
 
-    ``teacher.sampling.backend``: hf and vllm load ``teacher.model`` here (auto: vllm when installed);
+    ``tuned_teacher`` is the sft_teacher artifact: with a model, that model is sampled, zero-shot, and the artifact is an upstream of the samples; without one (teacher SFT
+    off), ``teacher.model`` with ``teacher.prompt`` as configured, keyed as without the stage.
+    ``teacher.sampling.backend``: hf and vllm load the teacher here (auto: vllm when installed);
     openai samples an OpenAI-compatible endpoint (``teacher.sampling.api``) and loads nothing, not
     even a tokenizer: prompts are truncated to ``prompt.max_tokens`` units of
     ``openai_api.CHARS_PER_TOKEN`` characters. Shards already committed (a killed run, or
     ``sampling_jobs`` run elsewhere) are kept.
     """
-    return _run_sampling(cfg, store, _sampling(cfg, "sample_teacher", data), force)
+    local = None if cfg.teacher.sampling.backend == "openai" else local_teacher(cfg, tuned_teacher)
+    return _run_sampling(cfg, store, _sampling(cfg, "sample_teacher", data, teacher=local), force)
 
 
 def run_sample_student(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Artifact,

@@ -15,7 +15,7 @@ from plad_core.stages import DEPENDENCIES, RUNNERS, STAGES, Stage, code_version
 # The name every runner gives the artifact of an upstream stage (one name per stage, everywhere).
 ARGUMENT = {"data": "prepare_data", "init": "init_student", "sft": "sft_student", "teacher_samples": "sample_teacher",
             "student_samples": "sample_student", "built": "build_pairs", "pairs": "curate_pairs", "scores": "score_pairs",
-            "calibrated": "calibrate"}
+            "calibrated": "calibrate", "tuned_teacher": "sft_teacher"}
 DISTILL = REPO / "flows" / "distill.py"
 
 
