@@ -15,9 +15,8 @@ from omegaconf import DictConfig
 from plad_core import data as data_lib
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.config import ConfigError
-from plad_core.evaluation import dev_outputs
+from plad_core.evaluation import dev_outputs, judge_validity
 from plad_core.evaluation import judge as judge_lib
-from plad_core.evaluation import judge_validity
 from plad_core.evaluation import metrics as eval_lib
 from plad_core.models import load_teacher
 from plad_core.progress import ProgressCallback, Steps

@@ -9,10 +9,25 @@ import pandas as pd
 import pytest
 
 from plad_core.data import load_rows, rows_schema
-from plad_core.evaluation.judge import JUDGMENT_COLUMNS, JudgePrompt, judge_requests, system_requests
+from plad_core.evaluation.judge import (
+    JUDGMENT_COLUMNS,
+    JudgePrompt,
+    judge_requests,
+    system_requests,
+)
 from plad_core.evaluation.judge_api import Verdict
-from plad_core.evaluation.judge_scores import KNOWN, VALIDITY, pair_outcomes, validity_summary, win_rates
-from plad_core.evaluation.judge_validity import derangement, validity_cases, validity_requests
+from plad_core.evaluation.judge_scores import (
+    KNOWN,
+    VALIDITY,
+    pair_outcomes,
+    validity_summary,
+    win_rates,
+)
+from plad_core.evaluation.judge_validity import (
+    derangement,
+    validity_cases,
+    validity_requests,
+)
 from plad_core.stats import bootstrap_ci
 from tests.tiny import HH
 
