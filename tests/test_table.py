@@ -222,7 +222,8 @@ def test_table_judges_calibrates_and_reads_training_and_pairs(tiny_table):
     result = json.loads((folder / "table.json").read_text())
     store = ArtifactStore(root / "artifacts")
     judgments = pd.read_parquet(store.path("judgments", result["keys"]["judgments"]) / "judgments.parquet")
-    assert len(judgments) == 2 * (6 + 5) * 2  # 2 rows x (6 systems vs reference + 5 vs SFT) x both orders
+    # 2 rows x (6 systems vs reference + 5 vs SFT) x both orders, and 2 known-answer cases x both orders
+    assert len(judgments) == 2 * (6 + 5) * 2 + 2 * 2 and result["judge"]["validity"]["n"] == 2
     for system, s in result["systems"].items():
         assert s["judge"]["reference"]["n"] == 2 and ("sft" in s["judge"]) == (system != "sft")
         assert (s["calibration"] is None) == (system == "teacher")

@@ -46,6 +46,11 @@ def mde_text(p: Optional[dict[str, Any]]) -> str:
     return "–" if not p or p.get("mde") is None else f"±{p['mde']:.2f}"
 
 
+def n_mde_text(p: Optional[dict[str, Any]]) -> str:
+    """A paired comparison's n and minimum detectable difference, short: "n = 32, MDE ±2.10"."""
+    return "–" if not p else f"n = {p['n']}, MDE {mde_text(p)}"
+
+
 def p_text(p_value: float, n_resamples: int) -> str:
     """A bootstrap p-value of 0 only says p < 1/n_resamples."""
     return f"< {1 / n_resamples:.2g}" if p_value == 0 else f"{p_value:.3f}"
