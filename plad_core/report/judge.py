@@ -34,18 +34,18 @@ CASES = {"tldr": "a post's own reference against another post's", "hh": "the hum
 
 def validity_text(validity: Optional[dict[str, Any]], task: Optional[str] = None) -> str:
     """What the judge's validity check (``judge_scores.validity_summary``) says about its win rates."""
-    cases = f" ({CASES[task]})" if task in CASES else ""
+    cases = f" Its cases: {CASES[task]}, each judged in both orders." if task in CASES else ""
     if not validity:
-        return (f"The judge's validity check had no known-answer cases{cases}: nothing shows that this judge "
-                "tells better from worse, so the win rates below are not evidence.")
+        return ("The judge's validity check had no known-answer cases: nothing shows that this judge tells "
+                f"better from worse, so the win rates below are not evidence.{cases}")
     v = validity
     measured = (f"{num_text(v['agreement'], 1)}% [{num_text(v['agreement_low'], 1)}, "
                 f"{num_text(v['agreement_high'], 1)}] on {v['n']} known-answer cases")
     if not v["valid"]:
-        return (f"The judge's validity check ({measured}{cases}) does not exclude chance: the win rates below "
-                "are not evidence.")
-    return (f"The judge's validity check: it agrees with the known answer in {measured}{cases}, ties counted "
-            "half; the 95% CI excludes chance (50%).")
+        return (f"The judge's validity check ({measured}) does not exclude chance: the win rates below are not "
+                f"evidence.{cases}")
+    return (f"The judge's validity check: it agrees with the known answer in {measured} (ties counted half); "
+            f"the 95% CI excludes chance (50%).{cases}")
 
 
 def validity_para(judge: dict[str, Any], settings: Optional[dict[str, Any]]) -> Para:

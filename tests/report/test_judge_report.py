@@ -53,8 +53,8 @@ def test_a_judge_at_chance_is_called_no_evidence_above_every_win_rate_table(tmp_
     v = metrics["judge"]["validity"]
     assert v["n"] == N and not v["valid"] and v["agreement_low"] <= 50
     sentence = (f"the judge's validity check ({v['agreement']:.1f}% [{v['agreement_low']:.1f}, "
-                f"{v['agreement_high']:.1f}] on {N} known-answer cases (a post's own reference against another "
-                "post's)) does not exclude chance: the win rates below are not evidence")
+                f"{v['agreement_high']:.1f}] on {N} known-answer cases) does not exclude chance: the win rates below "
+                "are not evidence. Its cases: a post's own reference against another post's")
     for text in (summary, md):
         assert text.lower().count(sentence.lower()) == 2  # above the results table and in the judge section
         for table_head in ("| system | ROUGE-1", "| system | vs human reference"):
