@@ -40,6 +40,7 @@ def test_an_api_teacher_needs_student_model_and_an_explicit_judge_at_load():
 @pytest.mark.slow  # imports Prefect (the CLI)
 def test_plad_stage_stops_before_any_stage_and_init_student_refuses_to_cut_an_api_teacher(tmp_path):
     from flows.cli import build_parser, cmd_stage, parse_args
+
     from plad_core.artifacts import ArtifactStore
     from plad_core.stages import run_init_student
 
