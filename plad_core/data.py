@@ -25,17 +25,21 @@ class TaskSpec:
     ``fields`` are required strings (prompt templates may use any of them); ``reference`` holds the
     human output (SFT target, ROUGE reference); ``body`` is the long field cut to fit the prompt
     budget, from the end (``keep="start"``, a post) or from the start (``keep="end"``, a dialogue
-    whose last turn must survive).
+    whose last turn must survive). ``optional`` fields are kept (nullable) when a row has them and
+    are not prompt fields: HH's human ``rejected`` reply, a known-worse answer for the judge's
+    validity check (``plad_core.evaluation.judge_validity``).
     """
     fields: tuple[str, ...]
     reference: str
     body: str
     keep: str
+    optional: tuple[str, ...] = ()
 
 
 TASKS = {
     "tldr": TaskSpec(("id", "subreddit", "title", "post", "summary"), reference="summary", body="post", keep="start"),
-    "hh": TaskSpec(("id", "prompt", "chosen"), reference="chosen", body="prompt", keep="end"),
+    "hh": TaskSpec(("id", "prompt", "chosen"), reference="chosen", body="prompt", keep="end",
+                   optional=("rejected",)),
 }
 
 
@@ -46,9 +50,12 @@ def task_spec(task: str) -> TaskSpec:
 
 
 def rows_schema(task: str) -> pa.Schema:
-    """Prepared rows: the task's fields, ``reference`` (the human output) and ``split``."""
-    fields = [pa.field(name, pa.string(), nullable=False) for name in task_spec(task).fields]
+    """Prepared rows: the task's fields, ``reference`` (the human output), its optional fields (null
+    where a row has none) and ``split``."""
+    spec = task_spec(task)
+    fields = [pa.field(name, pa.string(), nullable=False) for name in spec.fields]
     return pa.schema([*fields, pa.field("reference", pa.string(), nullable=False),
+                      *[pa.field(name, pa.string(), nullable=True) for name in spec.optional],
                       pa.field("split", pa.string(), nullable=False)])
 
 
@@ -70,7 +77,18 @@ def _check_row(row: Any, spec: TaskSpec, source: str, line: int) -> dict[str, An
             raise DataError(f"{source}:{line}: missing field '{name}'")
         if not isinstance(row[name], str):
             raise DataError(f"{source}:{line}: field '{name}' must be a string, got {type(row[name]).__name__}")
-    return {name: row[name] for name in spec.fields} | {"reference": row[spec.reference].strip()}
+    optional = {name: _optional(row, name, source, line) for name in spec.optional}
+    return {name: row[name] for name in spec.fields} | {"reference": row[spec.reference].strip()} | optional
+
+
+def _optional(row: dict[str, Any], name: str, source: str, line: int) -> str | None:
+    """An optional field's stripped text; None when absent, null or NaN (a Parquet null)."""
+    value = row.get(name)
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if not isinstance(value, str):
+        raise DataError(f"{source}:{line}: field '{name}' must be a string or absent, got {type(value).__name__}")
+    return value.strip()
 
 
 def _read_records(path: str, fmt: str) -> list[tuple[int, Any]]:

@@ -380,7 +380,9 @@ def test_flow_publishes_the_results_table_and_evaluate_progress(first_run):
     metrics = json.loads((evaluate / "metrics.json").read_text())
     assert set(metrics["judge"]["vs"]["reference"]) == {"teacher", "sft", "plad"}
     assert metrics["judge"]["vs"]["sft"]["plad"]["n"] == 4 and metrics["settings"]["judge"]["rows"] == 4
-    assert len(pd.read_parquet(evaluate / "judgments.parquet")) == 4 * 5 * 2  # rows x (3 + 2 pairs) x orders
+    judgments = pd.read_parquet(evaluate / "judgments.parquet")
+    assert len(judgments) == 4 * 5 * 2 + 4 * 2  # rows x (3 + 2 pairs) x orders, and a validity case per row x orders
+    assert (judgments["opponent"] == "validity").sum() == 4 * 2 and metrics["judge"]["validity"]["n"] == 4
 
     progress = read_prefect_artifacts("evaluate-progress")
     assert progress and all(a.type == "progress" and a.data == 100.0 for a in progress)  # every run ended at 100%
@@ -415,7 +417,7 @@ def test_evaluate_reports_progress_per_system_and_through_the_judge(first_run, t
     assert [(f, m) for f, m in calls if m.startswith("judge")] == [
         (0.5 + k / 16, f"judge ({k / 4:.0%})") for k in range(5)]
     judgments = pd.read_parquet(artifact.file("judgments.parquet"))
-    assert len(judgments) == 4 * 3 * 2 and judgments["verdict"].isin(["A", "B"]).all()
+    assert len(judgments) == 4 * 3 * 2 + 4 * 2 and judgments["verdict"].isin(["A", "B"]).all()  # + validity cases
 
 
 @pytest.mark.slow

@@ -107,9 +107,10 @@ def test_seed_mean_averages_each_dev_row_over_the_seeds():
 
 def test_judge_win_rates_average_each_rows_score_over_the_seeds():
     # A@0 wins r1 (both orders), loses r2; A@1 ties r1 (verdicts disagree), wins r2 -> per row 0.75 and 0.5
+    # (a text judge: no log-probs, so both verdicts decide)
     verdicts = {("A@0", "r1"): "AB", ("A@0", "r2"): "BA", ("A@1", "r1"): "AA", ("A@1", "r2"): "AB"}
     judgments = pd.DataFrame([{"id": row, "system": label, "opponent": "reference", "system_position": pos,
-                               "verdict": verdict, "logp_a": 0.0, "logp_b": 0.0, "raw": ""}
+                               "verdict": verdict, "logp_a": math.nan, "logp_b": math.nan, "raw": verdict}
                               for (label, row), chosen in verdicts.items() for pos, verdict in zip("AB", chosen)])
     wins = judge_win_rates(pair_outcomes(judgments), {"A": ["A@0", "A@1"]}, 1000, 0)["A"]["reference"]
     assert wins["win_rate"] == pytest.approx(100 * (0.75 + 0.5) / 2) and wins["n"] == 2
@@ -222,7 +223,8 @@ def test_table_judges_calibrates_and_reads_training_and_pairs(tiny_table):
     result = json.loads((folder / "table.json").read_text())
     store = ArtifactStore(root / "artifacts")
     judgments = pd.read_parquet(store.path("judgments", result["keys"]["judgments"]) / "judgments.parquet")
-    assert len(judgments) == 2 * (6 + 5) * 2  # 2 rows x (6 systems vs reference + 5 vs SFT) x both orders
+    # 2 rows x (6 systems vs reference + 5 vs SFT) x both orders, and 2 known-answer cases x both orders
+    assert len(judgments) == 2 * (6 + 5) * 2 + 2 * 2 and result["judge"]["validity"]["n"] == 2
     for system, s in result["systems"].items():
         assert s["judge"]["reference"]["n"] == 2 and ("sft" in s["judge"]) == (system != "sft")
         assert (s["calibration"] is None) == (system == "teacher")

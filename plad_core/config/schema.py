@@ -212,6 +212,7 @@ class JudgeConfig:
     prompt: str = "judge/tldr.txt"
     max_tokens: int = _f(512, ge=1)
     rows: int = _f(0, ge=0)
+    validity_rows: int = _f(0, ge=0)
     api: ApiConfig = field(default_factory=lambda: ApiConfig(mode="chat"))
 
 

@@ -1,18 +1,22 @@
-"""Pairwise win rates from a judge model, each pair judged in both orders.
+"""Pairwise win rates from a judge model, each pair judged in both orders, and the prompts and judges
+that give the verdicts.
 
 For a dev row, a system's output and an opponent's (the human reference, or the SFT student's
-output) are shown to the judge twice: once with the system's output as candidate A, once as B. The
-system *wins* the pair when the judge prefers it in both orders, *loses* when the judge prefers the
-opponent in both, and *ties* otherwise (the two verdicts disagree, so the judge followed the
-position rather than the content, or a verdict was unreadable). Over n rows,
+output) are shown to the judge twice: once with the system's output as candidate A, once as B (the
+order swap of Zheng et al., 2023, "Judging LLM-as-a-judge", Sec. 3.4, against position bias). The
+pair's score, 1 (win), 0.5 (tie) or 0 (loss), is position-debiased (``plad_core.evaluation.judge_scores``):
+for the hf judge, from the two orders' log-odds of the system's letter over the opponent's, summed,
+so that a pure position bias cancels (plad's rule); for a text judge, a win only when both readable
+verdicts name the system, a loss when both name the opponent, a tie otherwise. Over n rows,
 
     win rate = (wins + 0.5 · ties) / n,
 
 with a 95% percentile-bootstrap CI over rows (``plad_core.stats.bootstrap_ci``), as in the
 pairwise-preference protocol of AlpacaEval and of the PLaD paper's win-rate tables (Zhang et al.,
-2024, arXiv:2406.02886, Sec. 4), with the order swap of Zheng et al. (2023, "Judging LLM-as-a-judge",
-Sec. 3.4) against position bias. The *position consistency* is the share of pairs whose two
-verdicts name the same candidate: a judge that always answers "A" has 0%.
+2024, arXiv:2406.02886, Sec. 4). Diagnostics: the *position consistency* is the share of pairs whose
+two verdicts name the same candidate (a judge that always answers "A" has 0%), the *A-rate* the share
+of verdicts that chose A. Every evaluation also judges cases whose answer is known
+(``plad_core.evaluation.judge_validity``) to say whether the win rates are evidence at all.
 
 The judge prompt is a text file (``eval.judge.prompt``, under ``conf/judge/``) holding the user's
 turn: Python format fields from the task's row (``{post}``, ``{title}``, ``{prompt}``, ...) and the
@@ -37,7 +41,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -45,9 +48,9 @@ from plad_core import data as data_lib
 from plad_core import models
 from plad_core.config import CONF_DIR
 from plad_core.evaluation.judge_api import Judge, OpenAIJudge, ProgressFn, Verdict
+from plad_core.evaluation.judge_scores import pair_outcomes, win_rates  # noqa: F401  (the judge's results, here too)
 from plad_core.sampling import openai_api
 from plad_core.sampling.vllm_backend import check_weights
-from plad_core.stats import bootstrap_ci
 
 CANDIDATES = ("output_a", "output_b")
 REFERENCE = "reference"  # the opponent name of the human reference
@@ -222,6 +225,38 @@ def opponents(systems: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
+Request = tuple[tuple[str, str, str, str], tuple[str, str]]  # ((id, system, opponent, position), (prefix, suffix))
+
+
+def ordered_requests(prompt: JudgePrompt, prefix: str, row_id: str, system: str, opponent: str,
+                     mine: str, theirs: str) -> list[Request]:
+    """The two judgments of one pair: the system's text ``mine`` as candidate A, then as B."""
+    return [((row_id, system, opponent, position),
+             (prefix, prompt.suffix.format(output_a=a, output_b=b)))
+            for position, (a, b) in (("A", (mine, theirs)), ("B", (theirs, mine)))]
+
+
+def system_requests(prompt: JudgePrompt, prefixes: dict[str, str], references: dict[str, str],
+                    generations: pd.DataFrame) -> list[Request]:
+    """Every (system, opponent) pair on every row of ``prefixes``, in both orders (see ``judge_systems``)."""
+    texts = {(s, i): t for s, i, t in generations[["system", "id", "text"]].itertuples(index=False)}
+    systems = list(generations["system"].unique())
+    out: list[Request] = []
+    for row_id, prefix in prefixes.items():
+        candidates = {REFERENCE: references[row_id]}
+        candidates.update({s: texts[(s, row_id)] for s in systems if (s, row_id) in texts})
+        for system, opponent in opponents(systems):
+            out += ordered_requests(prompt, prefix, row_id, system, opponent, candidates[system], candidates[opponent])
+    return out
+
+
+def judge_requests(judge: Judge, requests: Sequence[Request], progress: Optional[ProgressFn] = None) -> pd.DataFrame:
+    """The judge's verdicts on ``requests`` in one call (rows sharing a prefix share its pass), as judgments."""
+    verdicts = judge.verdicts([r for _, r in requests], progress) if requests else []
+    return pd.DataFrame([(*m, v.choice, v.logp_a, v.logp_b, v.raw) for (m, _), v in zip(requests, verdicts)],
+                        columns=JUDGMENT_COLUMNS)
+
+
 def judge_systems(judge: Judge, prompt: JudgePrompt, prefixes: dict[str, str], references: dict[str, str],
                   generations: pd.DataFrame, progress: Optional[ProgressFn] = None) -> pd.DataFrame:
     """Every (system, opponent) pair on every row of ``prefixes``, in both orders.
@@ -234,59 +269,4 @@ def judge_systems(judge: Judge, prompt: JudgePrompt, prefixes: dict[str, str], r
         judgments (``JUDGMENT_COLUMNS``): one row per pair and order; ``system_position`` is where the
         system's output stood ("A" or "B"), ``verdict`` the judge's choice (None: unreadable).
     """
-    texts = {(s, i): t for s, i, t in generations[["system", "id", "text"]].itertuples(index=False)}
-    meta, requests = [], []
-    for row_id, prefix in prefixes.items():
-        candidates = {REFERENCE: references[row_id]}
-        candidates.update({s: texts[(s, row_id)] for s in generations["system"].unique() if (s, row_id) in texts})
-        for system, opponent in opponents(list(generations["system"].unique())):
-            for position in "AB":
-                a, b = ((candidates[system], candidates[opponent]) if position == "A"
-                        else (candidates[opponent], candidates[system]))
-                meta.append((row_id, system, opponent, position))
-                requests.append((prefix, prompt.suffix.format(output_a=a, output_b=b)))
-    verdicts = judge.verdicts(requests, progress) if requests else []
-    return pd.DataFrame([(*m, v.choice, v.logp_a, v.logp_b, v.raw) for m, v in zip(meta, verdicts)],
-                        columns=JUDGMENT_COLUMNS)
-
-
-def pair_outcomes(judgments: pd.DataFrame) -> pd.DataFrame:
-    """One row per (system, opponent, id): ``score`` 1 (win), 0.5 (tie) or 0 (loss) and ``consistent``
-    (both verdicts readable and naming the same candidate)."""
-    j = judgments.assign(picked=np.where(judgments["verdict"].isna(), "none",
-                                         np.where(judgments["verdict"] == judgments["system_position"],
-                                                  "system", "opponent")))
-    rows = []
-    for (system, opponent, row_id), group in j.groupby(["system", "opponent", "id"], sort=True):
-        picks = list(group["picked"])
-        if len(picks) != 2:
-            raise ValueError(f"judgments for ({system}, {opponent}, {row_id}): expected both orders, got {len(picks)}")
-        score = 1.0 if picks == ["system"] * 2 else 0.0 if picks == ["opponent"] * 2 else 0.5
-        rows.append({"system": system, "opponent": opponent, "id": row_id, "score": score,
-                     "consistent": picks[0] == picks[1] != "none"})
-    return pd.DataFrame(rows, columns=["system", "opponent", "id", "score", "consistent"])
-
-
-def win_rates(judgments: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Win rates (x100) with bootstrap CIs per opponent and system, and the judge's diagnostics.
-
-    Returns:
-        {"vs": {opponent: {system: {win_rate, win_rate_low, win_rate_high, wins, ties, losses, n,
-        consistency}}}, "consistency": share of pairs (x100) whose two verdicts agree,
-        "a_rate": share of readable verdicts that chose A (x100; 50 for a judge without position
-        bias), "unreadable": verdicts that named neither, "judgments": their count}.
-    """
-    outcomes = pair_outcomes(judgments)
-    vs: dict[str, dict[str, Any]] = {}
-    for (opponent, system), group in outcomes.groupby(["opponent", "system"], sort=False):
-        ci = bootstrap_ci(list(group["score"]), n_resamples, seed)
-        vs.setdefault(opponent, {})[system] = {
-            "win_rate": round(100 * ci.estimate, 2), "win_rate_low": round(100 * ci.low, 2),
-            "win_rate_high": round(100 * ci.high, 2), "wins": int((group["score"] == 1).sum()),
-            "ties": int((group["score"] == 0.5).sum()), "losses": int((group["score"] == 0).sum()),
-            "n": len(group), "consistency": round(100 * float(group["consistent"].mean()), 2)}
-    readable = judgments["verdict"].dropna()
-    return {"vs": vs,
-            "consistency": round(100 * float(outcomes["consistent"].mean()), 2) if len(outcomes) else None,
-            "a_rate": round(100 * float((readable == "A").mean()), 2) if len(readable) else None,
-            "unreadable": int(judgments["verdict"].isna().sum()), "judgments": len(judgments)}
+    return judge_requests(judge, system_requests(prompt, prefixes, references, generations), progress)

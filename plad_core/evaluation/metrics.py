@@ -12,7 +12,7 @@ import pandas as pd
 from plad_core.evaluation.judge import win_rates
 from plad_core.evaluation.likelihood_quality import evaluate_likelihood_quality
 from plad_core.rouge import ROUGE_TYPES
-from plad_core.stats import bootstrap_ci, paired_bootstrap
+from plad_core.stats import bootstrap_ci, min_detectable_difference, paired_bootstrap
 from plad_core.text_stats import repeated_ngram_share  # noqa: F401  (eval_lib.repeated_ngram_share)
 
 # --- Uncertainty, comparisons and length buckets (metrics.json) ---------------------------------
@@ -40,14 +40,18 @@ def system_summary(frame: pd.DataFrame, n_resamples: int = 1000, seed: int = 0) 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, metric: str = "rougeL", n_resamples: int = 1000,
                       seed: int = 0) -> Optional[dict[str, Any]]:
     """Mean per-row difference a − b in ``metric`` (x100) over the rows both scored, with its paired
-    bootstrap 95% CI and two-sided p-value (``plad_core.stats.paired_bootstrap``); None for no rows."""
+    bootstrap 95% CI and two-sided p-value (``plad_core.stats.paired_bootstrap``), the row count ``n`` and
+    ``mde``: the smallest true difference (x100) this comparison detects with 80% power at α = 0.05
+    (``plad_core.stats.min_detectable_difference``; None below two rows); None for no rows."""
     joined = a[["id", metric]].merge(b[["id", metric]], on="id", suffixes=("_a", "_b")).sort_values("id")
     if joined.empty:
         return None
     result = paired_bootstrap(list(joined[f"{metric}_a"]), list(joined[f"{metric}_b"]), n_resamples, seed)
     d = result.difference
+    mde = min_detectable_difference(joined[f"{metric}_a"].to_numpy(float) - joined[f"{metric}_b"].to_numpy(float))
     return {"metric": metric, "difference": round(100 * d.estimate, 2), "low": round(100 * d.low, 2),
-            "high": round(100 * d.high, 2), "p_value": round(result.p_value, 4), "n": len(joined)}
+            "high": round(100 * d.high, 2), "p_value": round(result.p_value, 4), "n": len(joined),
+            "mde": None if mde is None else round(100 * mde, 2)}
 
 
 def reference_words(references: Sequence[str]) -> list[int]:

@@ -114,6 +114,7 @@ class PairQuality:
     low: Optional[float] = _absent()
     high: Optional[float] = _absent()
     p_value: Optional[float] = _absent()
+    mde: Optional[float] = _absent()  # the difference's minimum detectable value over the with_reference pairs
     sft_pair_accuracy: Optional[float] = None
 
 
@@ -123,6 +124,7 @@ class JudgeSettings:
     prompt: str
     rows: int
     model: str
+    task: Optional[str] = None  # the validity cases' kind (plad_core.evaluation.judge_validity)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from plad_core.experiments.table_data import (
 )
 from plad_core.rouge import ROUGE_TYPES, rouge_l_scores
 from plad_core.stages import dev_frames, read_split
-from plad_core.stats import bootstrap_ci, paired_bootstrap
+from plad_core.stats import bootstrap_ci, min_detectable_difference, paired_bootstrap
 from plad_core.training.batches import split_held_out
 
 METRIC_COLUMNS = [*ROUGE_TYPES, "output_tokens"]
@@ -99,13 +99,13 @@ def pair_quality(pairs: pd.DataFrame, n_resamples: int, seed: int) -> PairQualit
     chosen, rejected = (t.numpy().astype(float) for t in rouge_l_scores(list(rows["chosen"]), list(rows["rejected"]),
                                                                          list(rows["reference"])))
     diff = chosen - rejected
-    compared = paired_bootstrap(chosen, rejected, n_resamples, seed)
+    compared, mde = paired_bootstrap(chosen, rejected, n_resamples, seed), min_detectable_difference(diff)
     return dataclasses.replace(
         out, chosen_better=round(100 * float((diff > 0).mean()), 2), ties=round(100 * float((diff == 0).mean()), 2),
         rejected_better=round(100 * float((diff < 0).mean()), 2), chosen_rougeL=round(100 * float(chosen.mean()), 2),
         rejected_rougeL=round(100 * float(rejected.mean()), 2), difference=round(100 * compared.difference.estimate, 2),
         low=round(100 * compared.difference.low, 2), high=round(100 * compared.difference.high, 2),
-        p_value=round(compared.p_value, 4))
+        p_value=round(compared.p_value, 4), mde=None if mde is None else round(100 * mde, 2))
 
 
 def training_summary(log: pd.DataFrame, stats: dict[str, Any], sft_held_out: Optional[float]) -> TrainingSummary:
@@ -188,10 +188,11 @@ def _system_row(system: str, labels: list[str], loss: Optional[str], runs: list[
         training=_system_training([row.training for row in mine]) if mine else None)
 
 
-def _settings(exp: TableExperiment, e: DictConfig, dev_rows: int, judgments: Optional[pd.DataFrame]) -> TableSettings:
+def _settings(exp: TableExperiment, cfg: DictConfig, dev_rows: int, judgments: Optional[pd.DataFrame]) -> TableSettings:
+    e = cfg.eval
     judge = None if judgments is None else JudgeSettings(
         backend=e.judge.backend, prompt=e.judge.prompt, rows=int(judgments["id"].nunique()),
-        model=e.judge.api.model if e.judge.backend == "openai" else e.judge.model)
+        model=e.judge.api.model if e.judge.backend == "openai" else e.judge.model, task=cfg.data.task)
     return TableSettings(n_resamples=e.n_resamples, seed=e.seed, level=0.95, dev_rows=dev_rows, seeds=list(exp.seeds),
                          calibration_samples=e.calibration_samples, calibration_rows=e.calibration_rows, judge=judge)
 
@@ -239,7 +240,7 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
     comparisons = [{"a": a, "b": b, **eval_lib.paired_comparison(by_system[a], by_system[b], "rougeL", n, rs)}
                    for a in plad for b in baselines]
     return TableResults(
-        experiment=asdict(exp), settings=_settings(exp, e, len(dev), judgments), systems=systems,
+        experiment=asdict(exp), settings=_settings(exp, cfg, len(dev), judgments), systems=systems,
         comparisons=comparisons, length_buckets=_length_buckets(per_system), runs=run_rows,
         pairs=dataclasses.replace(pair_quality(scored, n, rs), sft_pair_accuracy=pair_accuracy(scored)),
         judge=None if judgments is None else {k: v for k, v in win_rates(judgments, n, rs).items() if k != "vs"},

@@ -27,15 +27,17 @@ from plad_core.report.blocks import (
     render_markdown,
     write_pages,
 )
-from plad_core.report.judge import judge_blocks
+from plad_core.report.judge import judge_blocks, validity_para
 from plad_core.report.plots import bucket_plot, reliability_plot, training_plot
 from plad_core.report.text import (
     OPPONENT_LABELS,
     SYSTEM_LABELS,
     ci_text,
     difference_text,
+    mde_text,
     num_text,
     p_text,
+    power_text,
 )
 
 PROMPT_TAIL_CHARS = 400
@@ -48,7 +50,7 @@ def _paired_sentence(p: Optional[dict[str, Any]], n_resamples: int) -> str:
                else "the 95% CI includes zero: no detectable difference at this sample size")
     return (f"PLaD − SFT, ROUGE-L: {difference_text(p)}, paired bootstrap "
             f"p {'' if p['p_value'] == 0 else '= '}{p_text(p['p_value'], n_resamples)} over n = {p['n']} dev rows "
-            f"({n_resamples} resamples); {verdict}.")
+            f"({n_resamples} resamples); {verdict}. {power_text(p)}.")
 
 
 def _calibration_rows(calibration: dict[str, dict[str, Any]]) -> list[list[str]]:
@@ -107,9 +109,10 @@ def _intro(settings: dict[str, Any]) -> Para:
 def _results_section(metrics: dict[str, Any]) -> Sections:
     table = results_table(metrics)
     judged = " and the judge's win rates (x100, see Judge win rate)" if metrics.get("judge") else ""
+    validity = [validity_para(metrics["judge"], metrics["settings"].get("judge"))] if metrics.get("judge") else []
     report = [Heading("Results"), Para(f"ROUGE F1 (x100), mean output length in tokens{judged}, each with its "
-                                       "95% CI."), table]
-    summary = [Para(f"ROUGE F1 (x100), mean output tokens{judged}, with 95% bootstrap CIs:"), table]
+                                       "95% CI."), *validity, table]
+    summary = [Para(f"ROUGE F1 (x100), mean output tokens{judged}, with 95% bootstrap CIs:"), *validity, table]
     return report, summary
 
 
@@ -119,12 +122,14 @@ def _paired_section(metrics: dict[str, Any]) -> Sections:
     paired_line = _paired_sentence(paired, n_resamples)
     report: list[Block] = [Heading("PLaD vs SFT (paired bootstrap)"), Para(
         "Per-row ROUGE-L differences on the same dev rows, resampled together; the p-value is two-sided "
-        "(twice the smaller share of resampled mean differences on either side of zero)."), Para(paired_line)]
+        "(twice the smaller share of resampled mean differences on either side of zero). MDE: the smallest "
+        "true difference detected with 80% power at α = 0.05, (z₀.₉₇₅ + z₀.₈) · sd(d) / √n ≈ 2.80 · sd(d) / √n "
+        "for the per-row differences d."), Para(paired_line)]
     if paired:
-        report.append(Table(["comparison", "metric", "difference", "95% CI", "p", "n"],
+        report.append(Table(["comparison", "metric", "difference", "95% CI", "p", "n", "MDE (80% power)"],
                             [["PLaD − SFT", paired["metric"], num_text(paired["difference"], signed=True),
                               f"[{paired['low']:+.2f}, {paired['high']:+.2f}]", p_text(paired["p_value"], n_resamples),
-                              str(paired["n"])]]))
+                              str(paired["n"]), mde_text(paired)]]))
     return report, [Para(paired_line)]
 
 
@@ -138,11 +143,11 @@ def _bucket_details(buckets: dict[str, Any], n_resamples: int) -> list[Block]:
     report: list[Block] = [Para("Every headline metric per bucket:"),
                            Table(["bucket", "system", "n", "ROUGE-1", "ROUGE-2", "ROUGE-L", "mean tokens"], detail,
                                  ["l", "l", "r", "r", "r", "r", "r"])]
-    bucket_paired = [[b["name"], str(p["n"]), difference_text(p), p_text(p["p_value"], n_resamples)]
+    bucket_paired = [[b["name"], str(p["n"]), difference_text(p), p_text(p["p_value"], n_resamples), mde_text(p)]
                      for b in buckets["buckets"] if (p := b["paired"].get("plad_vs_sft"))]
     if bucket_paired:
-        report += [Para("PLaD − SFT ROUGE-L per bucket (paired bootstrap):"),
-                   Table(["bucket", "n", "difference [95% CI]", "p"], bucket_paired)]
+        report += [Para("PLaD − SFT ROUGE-L per bucket (paired bootstrap; MDE at 80% power, α = 0.05):"),
+                   Table(["bucket", "n", "difference [95% CI]", "p", "MDE"], bucket_paired)]
     bucket_calibration = [[b["name"], SYSTEM_LABELS.get(s, s),
                            num_text(c["spearman"], 3, signed=True),
                            f"{c['prompts_used']} / {c['prompts_skipped']}", num_text(c["ece"], 3),

@@ -1,5 +1,6 @@
-"""The evaluate report's judge section: how the judge decides, its position consistency (and whether it
-is the weak embedded one), win rates against each opponent, and per reference-length bucket."""
+"""The evaluate report's judge section: how the judge decides, whether its validity check on known answers
+excludes chance (``validity_para``, also above every table of win rates), its position consistency (and
+whether it is the weak embedded one), win rates against each opponent, and per reference-length bucket."""
 
 from __future__ import annotations
 
@@ -14,14 +15,41 @@ def _wtl(w: Optional[dict[str, Any]]) -> str:
 
 
 def _judge_method(settings: dict[str, Any]) -> Para:
-    verdict = ("its next-token log-probability of \"A\" vs \"B\" after the prompt" if settings["backend"] == "hf"
+    hf = settings["backend"] == "hf"
+    verdict = ("its next-token log-probability of \"A\" vs \"B\" after the prompt" if hf
                else "a standalone A or B parsed from its greedy answer")
+    rule = ("the pair's score is the sign of the two orders' log-odds of the system's letter over the "
+            "opponent's, summed (a pure position bias cancels): a win above 0, a loss below, a tie at 0"
+            if hf else "a win when the judge prefers the system in both orders, a loss when it prefers the "
+            "opponent in both, a tie otherwise")
     return Para(
         f"Judge: {settings['model']} ({settings['backend']}; verdict: {verdict}), prompt conf/{settings['prompt']}, "
         f"{settings['rows']} dev rows. Each system's output is compared with the human reference and with the SFT "
-        "student's output, twice with the positions swapped: a win when the judge prefers the system in both orders, "
-        "a loss when it prefers the opponent in both, a tie otherwise. Win rate = (wins + ½·ties) / n (x100), with "
+        f"student's output, twice with the positions swapped; {rule}. Win rate = (wins + ½·ties) / n (x100), with "
         f"95% bootstrap CIs over rows; W / T / L counts wins, ties and losses.")
+
+
+CASES = {"tldr": "a post's own reference against another post's", "hh": "the human chosen reply against the rejected one"}
+
+
+def validity_text(validity: Optional[dict[str, Any]], task: Optional[str] = None) -> str:
+    """What the judge's validity check (``judge_scores.validity_summary``) says about its win rates."""
+    cases = f" Its cases: {CASES[task]}, each judged in both orders." if task in CASES else ""
+    if not validity:
+        return ("The judge's validity check had no known-answer cases: nothing shows that this judge tells "
+                f"better from worse, so the win rates below are not evidence.{cases}")
+    v = validity
+    measured = (f"{num_text(v['agreement'], 1)}% [{num_text(v['agreement_low'], 1)}, "
+                f"{num_text(v['agreement_high'], 1)}] on {v['n']} known-answer cases")
+    if not v["valid"]:
+        return (f"The judge's validity check ({measured}) does not exclude chance: the win rates below are not "
+                f"evidence.{cases}")
+    return (f"The judge's validity check: it agrees with the known answer in {measured} (ties counted half); "
+            f"the 95% CI excludes chance (50%).{cases}")
+
+
+def validity_para(judge: dict[str, Any], settings: Optional[dict[str, Any]]) -> Para:
+    return Para(validity_text(judge.get("validity"), (settings or {}).get("task")))
 
 
 def _judge_caveat(judge: dict[str, Any], settings: dict[str, Any]) -> Para:
@@ -64,9 +92,10 @@ def judge_blocks(metrics: dict[str, Any]) -> Sections:
     table = _judge_table(vs, opponents, systems)
     buckets = [[b["name"], s, *[ci_text(b["judge"]["vs"].get(o, {}).get(s), "win_rate", 1) for o in opponents]]
                for b in metrics["length_buckets"]["buckets"] if b.get("judge") for s in systems]
-    report: list[Block] = [Heading("Judge win rate"), _judge_method(settings), caveat, table]
+    validity = validity_para(judge, settings)
+    report: list[Block] = [Heading("Judge win rate"), validity, _judge_method(settings), caveat, table]
     if buckets:
         report += [Para("Win rates per reference-length bucket:"),
                    Table(["bucket", "system", *[f"vs {OPPONENT_LABELS[o]}" for o in opponents]], buckets,
                          ["l", "l", *["r"] * len(opponents)])]
-    return report, [Para("Judge win rates (x100):"), table, caveat]
+    return report, [Para("Judge win rates (x100):"), validity, table, caveat]

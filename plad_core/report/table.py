@@ -14,25 +14,43 @@ from typing import Any
 from plad_core.evaluation.judge import REFERENCE
 from plad_core.report.blocks import Block, Heading, Image, Para, Table
 from plad_core.report.curation import curation_blocks_from_stats
+from plad_core.report.judge import validity_text
 from plad_core.report.plots import bucket_plot
 from plad_core.report.table_discussion import discussion
-from plad_core.report.text import ci_text, delta_text, num_text, pct_text, system_label
+from plad_core.report.text import (
+    ci_text,
+    delta_text,
+    mde_text,
+    n_mde_text,
+    num_text,
+    pct_text,
+    system_label,
+)
 
 Result = Any      # plad_core.experiments.table_data.TableResults
 Experiment = Any  # plad_core.experiments.table.TableExperiment
 
 
 def headline_table(result: Result) -> Table:
-    """system | ROUGE-1 | ROUGE-2 | ROUGE-L [CI] | Δ ROUGE-L vs SFT [CI], p | win rate vs reference | vs SFT | mean tokens."""
+    """system | ROUGE-1 | ROUGE-2 | ROUGE-L [CI] | Δ ROUGE-L vs SFT [CI], p | its n and MDE | win rate vs
+    reference | vs SFT | mean tokens."""
     n = result.settings.n_resamples
     rows = []
     for system, s in result.systems.items():
         m, judge = s.metrics, s.judge
         rows.append([system_label(system), num_text(m["rouge1"]), num_text(m["rouge2"]), ci_text(m, "rougeL"),
-                     delta_text(s.vs_sft, n), ci_text(judge.get(REFERENCE), "win_rate", 1),
+                     delta_text(s.vs_sft, n), n_mde_text(s.vs_sft), ci_text(judge.get(REFERENCE), "win_rate", 1),
                      ci_text(judge.get("sft"), "win_rate", 1), num_text(m["mean_output_tokens"], 1)])
     return Table(["system", "ROUGE-1", "ROUGE-2", "ROUGE-L [95% CI]", "Δ ROUGE-L vs SFT [95% CI], p",
-                  "win rate vs reference", "win rate vs SFT", "mean tokens"], rows)
+                  "Δ's n, MDE (80% power)", "win rate vs reference", "win rate vs SFT", "mean tokens"], rows)
+
+
+def judge_validity_blocks(result: Result) -> list[Block]:
+    """The judge's validity sentence (``report.judge.validity_text``), for every block that shows win rates."""
+    if not result.judge:
+        return []
+    return [Para(validity_text(result.judge.get("validity"), result.settings.judge.task if result.settings.judge
+                               else None))]
 
 
 # --- the report's sections, in order -----------------------------------------------------------------
@@ -48,8 +66,9 @@ def _intro(exp: Experiment, result: Result) -> list[Block]:
             f"{described}. Dev split: {settings.dev_rows} rows, greedy outputs, ROUGE F1 (x100) against the human "
             "references. A trained system's numbers are its per-row metrics averaged over seeds; brackets are 95% "
             f"bootstrap CIs over dev rows ({settings.n_resamples} resamples); Δ vs SFT is the paired per-row "
-            "difference with its two-sided paired-bootstrap p-value; win rates (x100) are the judge's, ties "
-            "counted half.")]
+            "difference with its two-sided paired-bootstrap p-value, its n and its MDE, the smallest true difference "
+            "detected with 80% power at α = 0.05 ((z₀.₉₇₅ + z₀.₈) · sd(d) / √n for per-row differences d); win "
+            "rates (x100) are the judge's, ties counted half.")]
 
 
 def _metric_sections(result: Result) -> list[Block]:
@@ -57,8 +76,8 @@ def _metric_sections(result: Result) -> list[Block]:
     n, blocks = result.settings.n_resamples, []
     if result.comparisons:
         blocks += [Heading("PLaD against each baseline"), Table(
-            ["PLaD system", "baseline", "Δ ROUGE-L [95% CI], p", "n"],
-            [[c["a"], c["b"], delta_text(c, n), str(c["n"])] for c in result.comparisons])]
+            ["PLaD system", "baseline", "Δ ROUGE-L [95% CI], p", "n", "MDE (80% power)"],
+            [[c["a"], c["b"], delta_text(c, n), str(c["n"]), mde_text(c)] for c in result.comparisons])]
     return blocks + [Heading("Every metric with its CI"), Table(
         ["system", "ROUGE-1", "ROUGE-2", "ROUGE-L", "mean tokens", "n"],
         [[system_label(s), ci_text(v.metrics, "rouge1"), ci_text(v.metrics, "rouge2"),
@@ -72,15 +91,16 @@ def _per_seed_section(result: Result) -> list[Block]:
         t = r.training
         c = r.calibration or {}
         per_seed.append([r.system, str(r.seed), ci_text(r.metrics, "rougeL"), delta_text(r.vs_sft, n),
+                         n_mde_text(r.vs_sft),
                          ci_text(r.judge.get(REFERENCE), "win_rate", 1),
                          ci_text(r.judge.get("sft"), "win_rate", 1), num_text(c.get("spearman"), 3, True),
                          num_text(c.get("ece"), 3),
                          f"{pct_text(t.sft_held_out_pair_accuracy)} → {pct_text(t.eval_last.pair_accuracy if t.eval_last else None)}",
                          r.calibrate_key])
     return [Heading("Per seed"),
-            Table(["system", "seed", "ROUGE-L [95% CI]", "Δ vs SFT, p", "win vs reference", "win vs SFT",
-                   "Spearman ρ", "ECE", "held-out pair acc. SFT → after", "calibrate key"], per_seed,
-                  ["l", "r", "r", "r", "r", "r", "r", "r", "r", "l"])]
+            Table(["system", "seed", "ROUGE-L [95% CI]", "Δ vs SFT, p", "Δ's n, MDE", "win vs reference",
+                   "win vs SFT", "Spearman ρ", "ECE", "held-out pair acc. SFT → after", "calibrate key"], per_seed,
+                  ["l", "r", "r", "r", "r", "r", "r", "r", "r", "r", "l"])]
 
 
 def _bucket_section(result: Result) -> list[Block]:
@@ -122,9 +142,10 @@ def _judge_section(result: Result) -> list[Block]:
     if not judge:
         return [Heading("Judge win rate"), Para("Not run (eval.judge.enabled = false).")]
     j = result.settings.judge
-    return [Heading("Judge win rate"), Para(
+    return [Heading("Judge win rate"), *judge_validity_blocks(result), Para(
         f"Judge {j.model} ({j.backend}), prompt conf/{j.prompt}, {j.rows} dev rows; every output "
-        "against the human reference and against the SFT student's, in both orders (a tie when the verdicts "
+        "against the human reference and against the SFT student's, in both orders, debiased as in the "
+        "evaluation report (hf: the sign of the two orders' summed log-odds; API: a tie when the verdicts "
         "disagree). A trained system's per-row score is averaged over its seeds. Position consistency "
         f"{num_text(judge['consistency'], 1)}%, A chosen in {num_text(judge['a_rate'], 1)}% of readable "
         f"verdicts, {judge['unreadable']} of {judge['judgments']} unreadable."),
@@ -177,11 +198,12 @@ def table_blocks(exp: Experiment, extra: list[str], result: Result,
                  report_path: Path) -> tuple[list[Block], list[Block]]:
     """(report blocks, summary blocks): the report's sections; the summary is the headline table."""
     headline = headline_table(result)
-    blocks = [*_intro(exp, result), Heading("Results"), headline,
+    blocks = [*_intro(exp, result), Heading("Results"), *judge_validity_blocks(result), headline,
               Heading("Discussion"), *[Para(p) for p in discussion(result)],
               *_metric_sections(result), *_per_seed_section(result), *_bucket_section(result),
               *_calibration_section(result), *_judge_section(result), *_training_section(result),
               *curation_blocks_from_stats(getattr(result, "curation", None))[0],
               *_tuning_section(exp), *_provenance_section(exp, extra, result)]
-    summary = [Heading(f"PLaD table: {exp.name}", 2), headline, Para(f"Full report: {report_path}")]
+    summary = [Heading(f"PLaD table: {exp.name}", 2), *judge_validity_blocks(result), headline,
+               Para(f"Full report: {report_path}")]
     return blocks, summary

@@ -6,7 +6,16 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Optional
 
-from plad_core.report.text import ci_text, delta_text, num_text, pct_text, system_label
+from plad_core.report.judge import validity_text
+from plad_core.report.text import (
+    ci_text,
+    delta_text,
+    n_mde_text,
+    num_text,
+    pct_text,
+    power_text,
+    system_label,
+)
 
 Result = Any  # plad_core.experiments.table_data.TableResults
 
@@ -25,20 +34,31 @@ def _trained(result: Result) -> dict[str, Any]:
 
 def _against_baselines(result: Result) -> list[str]:
     n, trained = result.settings.n_resamples, _trained(result)
-    against_sft = [f"{s} ({v.loss}) {delta_text(v.vs_sft, n)}: {_verdict(v.vs_sft, 'better', 'worse')}"
-                   for s, v in trained.items()]
+    against_sft = [f"{s} ({v.loss}) {delta_text(v.vs_sft, n)} ({n_mde_text(v.vs_sft)}): "
+                   f"{_verdict(v.vs_sft, 'better', 'worse')}" for s, v in trained.items()]
     out = ["Against the SFT student (ROUGE-L, per-row mean over seeds, paired bootstrap): " + "; ".join(against_sft) + "."]
     if result.comparisons:
         lost = [c for c in result.comparisons if not c["low"] > 0]
-        lines = [f"{c['a']} − {c['b']} {delta_text(c, n)}: {_verdict(c, c['a'] + ' better', c['b'] + ' better')}"
-                 for c in result.comparisons]
+        lines = [f"{c['a']} − {c['b']} {delta_text(c, n)} ({n_mde_text(c)}): "
+                 f"{_verdict(c, c['a'] + ' better', c['b'] + ' better')}" for c in result.comparisons]
         plain = ("PLaD beats every baseline here." if not lost else
                  f"PLaD does not beat {len(lost)} of {len(result.comparisons)} PLaD-baseline pairings at this scale.")
         out.append("PLaD against each baseline (ROUGE-L): " + "; ".join(lines) + ". " + plain)
+    out += _power_sentence([v.vs_sft for v in trained.values()] + list(result.comparisons))
     if trained:
         best = max(trained, key=lambda s: trained[s].metrics["rougeL"])
         out.append(f"Highest mean ROUGE-L among the trained systems: {best} ({ci_text(trained[best].metrics, 'rougeL')}).")
     return out
+
+
+def _power_sentence(compared: list[Optional[dict[str, Any]]]) -> list[str]:
+    """What the least powered of these paired comparisons can resolve (``power_text``)."""
+    known = [c for c in compared if c and c.get("mde") is not None]
+    if not known:
+        return []
+    weakest = max(known, key=lambda c: c["mde"])
+    return [f"Power: {power_text(weakest)} (the largest MDE of the comparisons above; a CI that includes 0 "
+            "at this n says the effect is smaller than that or absent, not that there is none)."]
 
 
 def _pair_quality_paragraph(result: Result) -> list[str]:
@@ -54,7 +74,8 @@ def _pair_quality_paragraph(result: Result) -> list[str]:
         f"Is the teacher's output really better? In the {pairs.with_reference} training pairs with a human "
         f"reference, y_T scores a higher ROUGE-L against the reference than y_S in {share:.1f}% of pairs "
         f"(equal {pairs.ties:.1f}%, lower {pairs.rejected_better:.1f}%); mean ROUGE-L {pairs.chosen_rougeL:.2f} "
-        f"vs {pairs.rejected_rougeL:.2f}, difference {delta_text(asdict(pairs), n)}; {judgement}. y_T has "
+        f"vs {pairs.rejected_rougeL:.2f}, difference {delta_text(asdict(pairs), n)} "
+        f"({n_mde_text({'n': pairs.with_reference, 'mde': pairs.mde})}); {judgement}. y_T has "
         f"{pairs.chosen_tokens} tokens on average, y_S {pairs.rejected_tokens}."]
 
 
@@ -63,7 +84,7 @@ def _teacher_paragraph(result: Result) -> str:
     judged = teacher.judge.get("sft")
     return (
         f"On the dev split the teacher's greedy outputs − the SFT student's, ROUGE-L: "
-        f"{delta_text(teacher.vs_sft, result.settings.n_resamples)}"
+        f"{delta_text(teacher.vs_sft, result.settings.n_resamples)} ({n_mde_text(teacher.vs_sft)})"
         + (f"; the judge's win rate of the teacher against the SFT student is "
            f"{ci_text(judged, 'win_rate', 1)} (50 = no preference; {judged['consistency']:.0f}% of the pairs "
            "judged the same in both orders)."
@@ -126,7 +147,9 @@ def _scale_paragraph(result: Result) -> str:
         "over dev rows and hold the row sampling, not the seed-to-seed spread (see Per seed). Any tuning was done "
         "on this dev split, so a tuned system's dev numbers are optimistic."
         + (" The judge is the embedded SmolLM2-135M teacher, a weak judge: its win rates are not evidence of quality."
-           if settings.judge and str(settings.judge.model).startswith("embedded:") else ""))
+           if settings.judge and str(settings.judge.model).startswith("embedded:") else "")
+        + (" " + validity_text(result.judge.get("validity"), settings.judge.task) if result.judge and settings.judge
+           else ""))
 
 
 def discussion(result: Result) -> list[str]:

@@ -30,6 +30,27 @@ def difference_text(p: Optional[dict[str, Any]]) -> str:
     return "–" if not p else f"{p['difference']:+.2f} [{p['low']:+.2f}, {p['high']:+.2f}]"
 
 
+def power_text(p: Optional[dict[str, Any]], rows: str = "dev rows", unit: str = "ROUGE-L") -> str:
+    """A paired comparison's power: its n and the smallest difference it resolves (``mde``, 80% power,
+    α = 0.05; ``plad_core.stats.min_detectable_difference``), and, when that exceeds a point, that
+    these rows cannot show a 1-point effect."""
+    if not p or p.get("mde") is None:
+        return f"n = {p['n'] if p else 0} {rows}: too few to state the smallest difference they resolve"
+    tail = f"; {p['n']} rows cannot show a 1-point effect" if p["mde"] > 1 else ""
+    return (f"n = {p['n']} {rows}: with this spread, a difference smaller than ±{p['mde']:.2f} {unit} cannot be "
+            f"resolved (80% power, α = 0.05){tail}")
+
+
+def mde_text(p: Optional[dict[str, Any]]) -> str:
+    """A paired comparison's minimum detectable difference, ± (see ``power_text``)."""
+    return "–" if not p or p.get("mde") is None else f"±{p['mde']:.2f}"
+
+
+def n_mde_text(p: Optional[dict[str, Any]]) -> str:
+    """A paired comparison's n and minimum detectable difference, short: "n = 32, MDE ±2.10"."""
+    return "–" if not p else f"n = {p['n']}, MDE {mde_text(p)}"
+
+
 def p_text(p_value: float, n_resamples: int) -> str:
     """A bootstrap p-value of 0 only says p < 1/n_resamples."""
     return f"< {1 / n_resamples:.2g}" if p_value == 0 else f"{p_value:.3f}"

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from plad_core import data as data_lib
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.config import ConfigError
-from plad_core.evaluation import dev_outputs
+from plad_core.evaluation import dev_outputs, judge_validity
 from plad_core.evaluation import judge as judge_lib
 from plad_core.evaluation import metrics as eval_lib
 from plad_core.models import load_teacher
@@ -130,12 +130,14 @@ def run_judgments(cfg: DictConfig, store: ArtifactStore, data: Artifact, outputs
                   force: bool = False, progress: Callable[[float], None] | None = None) -> Artifact:
     """The judge's verdicts (``eval.judge``) on named dev outputs (``run_dev_outputs`` artifacts): each
     system against the human reference and against the one named "sft", in both orders, every row's
-    judgments sharing one prefix pass (``judgments.parquet``, ``judge.JUDGMENT_COLUMNS``). Keyed by the
-    judge and the names and keys of the outputs, so a table re-rendered with the same systems reuses it,
-    as does an evaluation of the same models. ``progress(fraction)``, when given, follows the judge."""
+    judgments sharing one prefix pass (``judgments.parquet``, ``judge.JUDGMENT_COLUMNS``), with the known-answer
+    cases of ``judge_validity`` (opponent "validity"). Keyed by the judge, the cases' settings and the outputs'
+    names and keys, so a table re-rendered with the same systems reuses it, as does an evaluation of the
+    same models. ``progress(fraction)``, when given, follows the judge."""
     if not cfg.eval.judge.enabled:
         raise ValueError("run_judgments needs eval.judge.enabled=true")
-    config = {"judge": judge_identity(cfg), "systems": {name: a.key for name, a in outputs.items()}}
+    config = {"judge": judge_identity(cfg), "systems": {name: a.key for name, a in outputs.items()},
+              "validity": {"rows": cfg.eval.judge.validity_rows, "seed": cfg.eval.seed}}
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         j, e = cfg.eval.judge, cfg.eval
@@ -147,10 +149,12 @@ def run_judgments(cfg: DictConfig, store: ArtifactStore, data: Artifact, outputs
         prompt = judge_prompt(cfg)
         prefixes = prompt.fill_prefixes(dev.head(j.rows) if j.rows > 0 else dev, counter, j.max_tokens,
                                         data_lib.task_spec(cfg.data.task))
-        judgments = judge_lib.judge_systems(judge, prompt, prefixes, dict(zip(dev["id"], dev["reference"])),
-                                            generations, progress)
+        cases = judge_validity.validity_cases(dev, list(prefixes), cfg.data.task, e.seed, j.validity_rows)
+        requests = judge_lib.system_requests(prompt, prefixes, dict(zip(dev["id"], dev["reference"])), generations)
+        judgments = judge_lib.judge_requests(judge, requests + judge_validity.validity_requests(prompt, prefixes, cases),
+                                             progress)
         judgments.to_parquet(out / "judgments.parquet", index=False)
-        return {"judgments": len(judgments), "rows": int(judgments["id"].nunique()),
+        return {"judgments": len(requests), "validity_cases": len(cases), "rows": int(judgments["id"].nunique()),
                 "seconds": round(time.perf_counter() - started, 1)}
 
     return materialize(store, "judgments", config, [data], build, force)
@@ -204,7 +208,8 @@ def _metrics(cfg: DictConfig, generations: pd.DataFrame, dev: pd.DataFrame, samp
     if judgments is not None:
         metrics["settings"]["judge"] = {
             "backend": e.judge.backend, "model": e.judge.api.model if e.judge.backend == "openai" else e.judge.model,
-            "prompt": e.judge.prompt, "rows": int(judgments["id"].nunique()), "seconds": round(seconds["judge"], 1)}
+            "prompt": e.judge.prompt, "rows": int(judgments["id"].nunique()), "validity_rows": e.judge.validity_rows,
+            "task": cfg.data.task, "seconds": round(seconds["judge"], 1)}
     return metrics
 
 
@@ -242,7 +247,7 @@ def _summary_stats(metrics: dict[str, Any], dev_rows: int, seconds: dict[str, fl
     return {"metrics": metrics["systems"], "paired": metrics["paired"],
             "calibration": {s: {m: c[m] for m in ("spearman", "ece", "prompts_used", "prompts_skipped")}
                             for s, c in metrics["calibration"].items()},
-            "judge": {"consistency": judge["consistency"], "a_rate": judge["a_rate"],
+            "judge": {"consistency": judge["consistency"], "a_rate": judge["a_rate"], "validity": judge["validity"],
                       "win_rate": {o: {s: w["win_rate"] for s, w in by.items()} for o, by in judge["vs"].items()}}
             if judge else None,
             "length_buckets": metrics["length_buckets"]["edges"], "dev_rows": dev_rows,

@@ -132,4 +132,5 @@ def judge_identity(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"eval.judge.backend='{j.backend}' is not a judge backend; use hf or openai")
     return {"enabled": True, "backend": j.backend, "model": model, "prompt": j.prompt,
             "prompt_text": judge_prompt(cfg).text, "max_tokens": j.max_tokens, "rows": j.rows,
+            "validity_rows": j.validity_rows,
             **({"dtype": precision(cfg, "eval.dtype")} if j.backend == "hf" else {})}

@@ -106,8 +106,9 @@ def test_the_pipeline_with_an_api_teacher_loads_no_teacher_and_reads_the_servers
         teacher_outputs = run_dev_outputs(cfg, store, data)  # reused, not rebuilt
 
     # the server answered sample_teacher's 6 prompts and the teacher's 4 dev prompts, and judged 2 rows x 5 pairs
-    # x 2 orders over chat (the systems teacher, sft, plad against the reference, teacher and plad against sft)
-    assert requests == {"/v1/completions": 6 + 4, "/v1/chat/completions": 2 * 5 * 2}
+    # x 2 orders over chat (the systems teacher, sft, plad against the reference, teacher and plad against sft),
+    # and the judge's validity check: 2 known-answer cases x 2 orders
+    assert requests == {"/v1/completions": 6 + 4, "/v1/chat/completions": 2 * 5 * 2 + 2 * 2}
     generations = pd.read_parquet(teacher_outputs.file("generations.parquet"))
     assert list(generations["id"]) == list(dev["id"]) and list(generations["text"]) == expected_dev
     report = pd.read_parquet(evaluated.file("generations.parquet"))
@@ -118,4 +119,4 @@ def test_the_pipeline_with_an_api_teacher_loads_no_teacher_and_reads_the_servers
     pairs = pd.read_parquet(done["build_pairs"].file("pairs.parquet"))
     assert len(pairs) > 0 and all(pairs["chosen"] == pairs["id"].map(expected_y_t))
     judgments = pd.read_parquet(evaluated.file("judgments.parquet"))
-    assert len(judgments) == 20 and judgments["raw"].notna().all()
+    assert len(judgments) == 24 and judgments["raw"].notna().all()
