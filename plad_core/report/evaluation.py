@@ -27,6 +27,7 @@ from plad_core.report.blocks import (
     render_markdown,
     write_pages,
 )
+from plad_core.report.curation import curation_blocks
 from plad_core.report.judge import judge_blocks, validity_para
 from plad_core.report.plots import bucket_plot, reliability_plot, training_plot
 from plad_core.report.text import (
@@ -241,7 +242,8 @@ def build_blocks(metrics: dict[str, Any], generations: pd.DataFrame, references:
     """(report blocks, summary blocks) for ``write_report``."""
     report: list[Block] = [Heading(title, 1), _intro(metrics["settings"])]
     summary: list[Block] = [Heading(title, 2)]
-    for section in (_results_section, _paired_section, _bucket_section, _calibration_section, judge_blocks):
+    for section in (_results_section, _paired_section, _bucket_section, _calibration_section, judge_blocks,
+                    curation_blocks):
         section_report, section_summary = section(metrics)
         report += section_report
         summary += section_summary

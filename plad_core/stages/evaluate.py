@@ -18,7 +18,6 @@ from plad_core.config import ConfigError
 from plad_core.evaluation import dev_outputs, judge_validity
 from plad_core.evaluation import judge as judge_lib
 from plad_core.evaluation import metrics as eval_lib
-from plad_core.models import load_teacher
 from plad_core.progress import ProgressCallback, Steps
 from plad_core.report import evaluation as report
 from plad_core.sampling import openai_api
@@ -41,6 +40,7 @@ from plad_core.stages.keys import (
     stage_key,
     teacher_identity,
 )
+from plad_core.stages.teacher import teacher_key_entries, teacher_model_spec
 
 SAMPLE_COLUMNS = ["system", "id", "sample_index", "text", "logp_mean", "rougeL"]  # of an evaluation without samples
 
@@ -93,8 +93,7 @@ def run_dev_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model
     # an endpoint's batching and precision are not ours to set: as in sample_teacher's key, they are out
     generation = [p for p in GENERATION_SLICE if not api or p not in ("eval.batch_size", "eval.dtype")]
     config = {**keyed_slice(cfg, generation + (CALIBRATION_SLICE if sampled else [])),
-              **({"teacher": dev_teacher_identity(cfg), **keyed_slice(cfg, ["teacher.prompt"])} if teacher
-                 else keyed_slice(cfg, ["student.prompt"]))}
+              **(teacher_key_entries(cfg, store, data) if teacher else keyed_slice(cfg, ["student.prompt"]))}
     upstream = [data] if teacher else [data, model]
     label = "teacher" if teacher else model.stage
 
@@ -105,7 +104,8 @@ def run_dev_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model
             started = time.perf_counter()
             generations = dev_outputs.api_generate_and_score(api, label, dev, prompts, cfg)
         else:
-            loaded, prompt_cfg = ((load_teacher(cfg), cfg.teacher.prompt) if teacher
+            local = teacher_model_spec(cfg, store, data) if teacher else None
+            loaded, prompt_cfg = ((local.load(cfg), local.prompt) if local
                                   else (load_artifact_model(model, cfg), cfg.student.prompt))
             started = time.perf_counter()
             generations = dev_generations(*loaded, label, dev, data, prompt_cfg, cfg)
@@ -268,8 +268,7 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
     called as each system, the calibration sampling and the judge advance (``plad_core.progress``)."""
     systems = list(cfg.eval.systems)
     config = {**keyed_slice(cfg, ["eval", "student.prompt"]),
-              **({"teacher": dev_teacher_identity(cfg), **keyed_slice(cfg, ["teacher.prompt"])}
-                 if "teacher" in systems else {})}
+              **(teacher_key_entries(cfg, store, data) if "teacher" in systems else {})}
     config["eval"] = {**config["eval"], "judge": judge_identity(cfg)}
     upstream = [data, sft, calibrated]
     key = stage_key("evaluate", config, upstream)

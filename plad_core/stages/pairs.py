@@ -20,6 +20,7 @@ from plad_core.pairs import PAIRS_SCHEMA, build_pairs, prompts_used
 from plad_core.stages.checks import check_train_loss, check_unlabeled_fraction
 from plad_core.stages.inputs import load_artifact_model, read_split
 from plad_core.stages.keys import materialize, precision, teacher_identity
+from plad_core.stages.teacher import LocalTeacher, pairs_teacher
 from plad_core.training import reference_scores
 from plad_core.training.batches import encode_pairs
 from plad_core.training.calibrate import check_teacher_tokenizer
@@ -64,7 +65,7 @@ def check_not_all_truncated(stats: dict[str, Any]) -> None:
                          "pairs.truncated=keep to train on them without an EOS")
 
 
-def score_pairs_config(cfg: DictConfig) -> dict[str, Any]:
+def score_pairs_config(cfg: DictConfig, teacher: LocalTeacher | None = None) -> dict[str, Any]:
     """score_pairs' key config: what it computes (the scorers ``train.loss`` needs, ``max_seq_len``, and
     for any scorer the precision training runs in, as resolved), not the loss name."""
     o = cfg.train.optim
@@ -73,7 +74,7 @@ def score_pairs_config(cfg: DictConfig) -> dict[str, Any]:
     if scorers:
         config["train.optim.bf16"] = precision(cfg, "train.optim.bf16")
     if "teacher" in scorers:
-        config["teacher"] = teacher_identity(cfg)
+        config["teacher"] = teacher.identity if teacher else teacher_identity(cfg)
     return config
 
 
@@ -90,7 +91,8 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
     """
     check_train_loss(cfg)
     o = cfg.train.optim
-    config = score_pairs_config(cfg)
+    teacher = pairs_teacher(cfg, store, pairs) if "teacher" in STORED_SCORERS.get(cfg.train.loss, ()) else None
+    config = score_pairs_config(cfg, teacher)
     scorers, bf16 = config["scorers"], precision(cfg, "train.optim.bf16")
 
     def build(out: Path, work: Path) -> dict[str, Any]:
@@ -98,7 +100,7 @@ def run_score_pairs(cfg: DictConfig, store: ArtifactStore, pairs: Artifact, sft:
         if "teacher" in scorers:
             check_teacher_tokenizer(cfg, tokenizer)
         frame = pd.read_parquet(pairs.file("pairs.parquet"))
-        loaders = {"reference": lambda: load_artifact_model(sft, cfg)[0], "teacher": lambda: models.load_teacher(cfg)[0]}
+        loaders = {"reference": lambda: load_artifact_model(sft, cfg)[0], "teacher": lambda: teacher.load(cfg)[0]}
         frozen = {name: loaders[name]() for name in scorers}
         scores = reference_scores.score_pairs(frame, encode_pairs(frame, tokenizer, o.max_seq_len), tokenizer.pad_token_id,
                                      frozen, 2 * o.batch_size, bf16)
