@@ -5,7 +5,8 @@ swap and debiasing as the systems, so that a report can say whether its win rate
   reference of another judged post, chosen by a seeded derangement (``eval.seed``) so that no post
   meets its own summary. A judge that reads the post prefers the summary of that post.
 * HH: the human ``chosen`` reply (known better) against the human ``rejected`` one, on the judged dev
-  rows that carry one (``plad_core.data``'s optional ``rejected`` field).
+  rows that carry one (``plad_core.data``'s optional ``rejected`` field); a row without one (the
+  helpful single-turn file has none) gets another judged dialogue's chosen reply, as for TL;DR.
 
 ``eval.judge.validity_rows`` caps the cases at the first N judged rows (0: all of them). The
 verdicts are judgment rows with opponent ``judge_scores.VALIDITY`` and system ``judge_scores.KNOWN``;
@@ -41,17 +42,16 @@ def validity_cases(dev: pd.DataFrame, ids: list[str], task: str, seed: int, rows
     from (another row's id, or "rejected"). Cases whose two texts are equal are left out."""
     chosen = list(ids)[:rows] if rows > 0 else list(ids)
     by_id = dev.set_index("id")
-    if task == "hh":
-        if "rejected" not in by_id.columns:
-            return pd.DataFrame(columns=CASE_COLUMNS)
-        cases = [(i, by_id.at[i, "reference"], by_id.at[i, "rejected"], "rejected") for i in chosen
-                 if isinstance(by_id.at[i, "rejected"], str) and by_id.at[i, "rejected"].strip()]
-    elif len(chosen) < 2:
-        return pd.DataFrame(columns=CASE_COLUMNS)
-    else:
-        other = derangement(len(chosen), seed)
-        cases = [(i, by_id.at[i, "reference"], by_id.at[chosen[o], "reference"], chosen[o])
-                 for i, o in zip(chosen, other)]
+    other = derangement(len(chosen), seed) if len(chosen) >= 2 else None
+    cases = []
+    for i, row_id in enumerate(chosen):
+        rejected = by_id.at[row_id, "rejected"] if task == "hh" and "rejected" in by_id.columns else None
+        rejected = rejected.strip() if isinstance(rejected, str) else ""
+        if rejected and rejected != str(by_id.at[row_id, "reference"]).strip():
+            cases.append((row_id, by_id.at[row_id, "reference"], rejected, "rejected"))
+        elif other is not None:  # no human rejected reply: another judged row's reference, as for TL;DR
+            cases.append((row_id, by_id.at[row_id, "reference"], by_id.at[chosen[other[i]], "reference"],
+                          chosen[other[i]]))
     cases = [c for c in cases if str(c[1]).strip() != str(c[2]).strip()]
     return pd.DataFrame(cases, columns=CASE_COLUMNS)
 

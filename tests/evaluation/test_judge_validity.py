@@ -108,12 +108,19 @@ def test_tldr_cases_pit_each_posts_reference_against_another_posts():
     assert validity_cases(DEV, ROWS[:1], "tldr", seed=3).empty  # one row has no other post
 
 
-def test_hh_cases_are_chosen_against_rejected_and_rows_without_one_are_left_out():
+def test_hh_cases_are_chosen_against_rejected_and_rows_without_one_get_another_dialogues_reply():
     dev = pd.DataFrame({"id": ["h1", "h2", "h3", "h4"], "reference": ["chosen:h1", "chosen:h2", "chosen:h3", "same"],
                         "rejected": ["bad 1", None, "", "same"]})
     cases = validity_cases(dev, ["h1", "h2", "h3", "h4"], "hh", seed=0)
-    assert list(cases.itertuples(index=False, name=None)) == [("h1", "chosen:h1", "bad 1", "rejected")]
-    assert validity_cases(dev.drop(columns="rejected"), ["h1"], "hh", 0).empty
+    by_id = {c.id: c for c in cases.itertuples(index=False)}
+    assert (by_id["h1"].other, by_id["h1"].other_source) == ("bad 1", "rejected")
+    # h4's human "rejected" equals its chosen reply: it falls back to another dialogue's reply, never its own
+    for row_id in ("h2", "h3", "h4"):
+        c = by_id[row_id]
+        assert c.other_source in {"h1", "h2", "h3", "h4"} - {row_id}
+        assert c.other == dev.set_index("id").at[c.other_source, "reference"] and c.known != c.other
+    assert validity_cases(dev.drop(columns="rejected"), ["h1"], "hh", 0).empty  # one row, nothing to swap in
+    assert set(validity_cases(dev.drop(columns="rejected"), ["h1", "h2"], "hh", 0)["other_source"]) == {"h1", "h2"}
 
 
 def test_prepared_hh_rows_keep_the_rejected_reply_and_tldr_rows_are_unchanged():
