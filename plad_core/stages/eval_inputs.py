@@ -1,12 +1,13 @@
 """What ``plad eval`` scores and on what: the user's data file as an ``eval_data`` artifact (every row
-in the dev split) and each named model, resolved from its spec (an artifact key, ``champion``, a local
-folder or a hub id)."""
+in the dev split), each named model resolved from its spec (an artifact key, ``champion``, a local
+folder or a hub id), and each model's outputs on the file."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -23,8 +24,15 @@ from plad_core.evaluation.judge import REFERENCE
 from plad_core.models import MODEL_DIR, ModelError
 from plad_core.registry import Registry, registry_path
 from plad_core.stages import code_version
+from plad_core.stages.checks import calibration_k
 from plad_core.stages.data import run_prepare_data
+from plad_core.stages.evaluate import (
+    dev_calibration_samples,
+    dev_generations,
+    run_dev_outputs,
+)
 from plad_core.stages.inputs import read_split
+from plad_core.stages.keys import CALIBRATION_SLICE, GENERATION_SLICE, keyed_slice
 from plad_core.stages.promote import promotion_lineage
 
 log = logging.getLogger("plad.stages")
@@ -161,3 +169,41 @@ def run_eval_data(cfg: DictConfig, store: ArtifactStore, path: str, rows: int, f
 
     return store.materialize("eval_data", code_version.module_fingerprint(__name__), config,
                              {a.stage: a.key for a in upstream}, build, force)
+
+
+def run_model_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model: EvalModel,
+                      force: bool = False) -> Artifact:
+    """``run_dev_outputs`` for a local folder or hub model (``eval_inputs.load_eval_model``): the same
+    generations.parquet and, with ``eval.calibration_samples`` > 0, calibration_samples.parquet, under
+    ``student.prompt``; keyed by the model's identity (``models.model_fingerprint``), not its place."""
+    k = calibration_k(cfg)
+    s = cfg.student
+    config = {**keyed_slice(cfg, GENERATION_SLICE + (CALIBRATION_SLICE if k else []) + ["student.prompt"]),
+              "model": model.identity, "loading": {"trust_remote_code": s.trust_remote_code,
+                                                   "use_safetensors": s.use_safetensors}}
+
+    def build(out: Path, work: Path) -> dict[str, Any]:
+        dev = read_split(data, "dev")
+        loaded = load_eval_model(cfg, model)
+        started = time.perf_counter()
+        generations = dev_generations(*loaded, model.name, dev, data, cfg.student.prompt, cfg)
+        generations.drop(columns="system").to_parquet(out / "generations.parquet", index=False)
+        seconds = {"generate": round(time.perf_counter() - started, 1)}
+        stats: dict[str, Any] = {"rows": len(generations), "rougeL": float(generations["rougeL"].mean())}
+        if k:
+            started = time.perf_counter()
+            samples = dev_calibration_samples(*loaded, model.name, dev, data, cfg).drop(columns="system")
+            samples.to_parquet(out / "calibration_samples.parquet", index=False)
+            seconds["calibration"] = round(time.perf_counter() - started, 1)
+            stats["calibration_samples"] = len(samples)
+        return {**stats, "seconds": seconds, "model": model.spec}
+
+    return store.materialize("eval_outputs", code_version.module_fingerprint(__name__), config,
+                             {data.stage: data.key}, build, force)
+
+
+def model_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model: EvalModel) -> Artifact:
+    """One model's outputs on the file: the teacher and model artifacts through evaluate's own stage."""
+    if model.path is not None:
+        return run_model_outputs(cfg, store, data, model)
+    return run_dev_outputs(cfg, store, data, model.artifact)

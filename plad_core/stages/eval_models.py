@@ -27,9 +27,8 @@ from plad_core.report.text import difference_text, p_text
 from plad_core.stages import code_version
 from plad_core.stages.checks import calibration_k
 from plad_core.stages.eval_inputs import (
-    EvalModel,
     fewshot_needed,
-    load_eval_model,
+    model_outputs,
     resolve_model,
     run_eval_data,
 )
@@ -37,54 +36,13 @@ from plad_core.stages.evaluate import (
     SAMPLE_COLUMNS,
     _metrics,
     _summary_stats,
-    dev_calibration_samples,
-    dev_generations,
     dev_teacher_identity,
-    run_dev_outputs,
     run_judgments,
 )
 from plad_core.stages.inputs import dev_frames, read_split
-from plad_core.stages.keys import CALIBRATION_SLICE, GENERATION_SLICE, judge_identity, keyed_slice
+from plad_core.stages.keys import judge_identity, keyed_slice
 
 BASELINE = "sft"  # the baseline when a model has this name, as in evaluate; else the first named model
-
-
-def run_model_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model: EvalModel,
-                      force: bool = False) -> Artifact:
-    """``run_dev_outputs`` for a local folder or hub model (``eval_inputs.load_eval_model``): the same
-    generations.parquet and, with ``eval.calibration_samples`` > 0, calibration_samples.parquet, under
-    ``student.prompt``; keyed by the model's identity (``models.model_fingerprint``), not its place."""
-    k = calibration_k(cfg)
-    s = cfg.student
-    config = {**keyed_slice(cfg, GENERATION_SLICE + (CALIBRATION_SLICE if k else []) + ["student.prompt"]),
-              "model": model.identity, "loading": {"trust_remote_code": s.trust_remote_code,
-                                                   "use_safetensors": s.use_safetensors}}
-
-    def build(out: Path, work: Path) -> dict[str, Any]:
-        dev = read_split(data, "dev")
-        loaded = load_eval_model(cfg, model)
-        started = time.perf_counter()
-        generations = dev_generations(*loaded, model.name, dev, data, cfg.student.prompt, cfg)
-        generations.drop(columns="system").to_parquet(out / "generations.parquet", index=False)
-        seconds = {"generate": round(time.perf_counter() - started, 1)}
-        stats: dict[str, Any] = {"rows": len(generations), "rougeL": float(generations["rougeL"].mean())}
-        if k:
-            started = time.perf_counter()
-            samples = dev_calibration_samples(*loaded, model.name, dev, data, cfg).drop(columns="system")
-            samples.to_parquet(out / "calibration_samples.parquet", index=False)
-            seconds["calibration"] = round(time.perf_counter() - started, 1)
-            stats["calibration_samples"] = len(samples)
-        return {**stats, "seconds": seconds, "model": model.spec}
-
-    return store.materialize("eval_outputs", code_version.module_fingerprint(__name__), config,
-                             {data.stage: data.key}, build, force)
-
-
-def model_outputs(cfg: DictConfig, store: ArtifactStore, data: Artifact, model: EvalModel) -> Artifact:
-    """One model's outputs on the file: the teacher and model artifacts through evaluate's own stage."""
-    if model.path is not None:
-        return run_model_outputs(cfg, store, data, model)
-    return run_dev_outputs(cfg, store, data, model.artifact)
 
 
 def paired_vs_baseline(generations: pd.DataFrame, baseline: str, n_resamples: int, seed: int) -> dict[str, Any]:

@@ -134,9 +134,9 @@ def test_an_artifact_key_the_teacher_and_the_judge(tmp_path, folders, capsys):
     cfg = load_config("tldr", overrides)
     store = ArtifactStore(cfg.artifacts_root)
     student = run_stage("init_student", cfg, store)
-    data = held_out_file(tmp_path / "mine.jsonl", n=3)
-    main(["eval", "--data", str(data), "--model", f"init={student.key}", "--model", f"sft={folders['tiny']}",
-          "--teacher", *overrides, "eval.judge.enabled=true", f"eval.judge.model={folders['tiny']}"])
+    data = held_out_file(tmp_path / "mine.jsonl", n=4)
+    main(["eval", "--data", str(data), "--rows", "3", "--model", f"init={student.key}",
+          "--model", f"sft={folders['tiny']}", "--teacher", *overrides, "eval.judge.enabled=true", f"eval.judge.model={folders['tiny']}"])
     folder = eval_folder(capsys.readouterr().out)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics["systems"]) == {"init", "sft", "teacher"} and metrics["baseline"] == "sft"
@@ -148,7 +148,7 @@ def test_an_artifact_key_the_teacher_and_the_judge(tmp_path, folders, capsys):
     labeled = read_split(run_stage("prepare_data", cfg, store), "labeled")
     shortest = labeled.assign(n=labeled["post"].str.len()).sort_values(["n", "id"])["id"].head(2).tolist()
     assert read_split(eval_data, "labeled")["id"].tolist() == shortest
-    assert len(read_split(eval_data, "dev")) == 3
+    assert read_split(eval_data, "dev")["id"].tolist() == ["heldout-0", "heldout-1", "heldout-2"]  # --rows 3
     judgments = pd.read_parquet(folder / "judgments.parquet")
     # each of 3 systems vs the reference, 2 vs sft, both orders, every row
     assert len(judgments) == 3 * (3 + 2) * 2
