@@ -128,7 +128,8 @@ def run_eval_models(cfg: DictConfig, store: ArtifactStore, path: str, specs: lis
                  if any(m.teacher for m in evaluated) else {}),
               "models": {m.name: {"spec": m.spec, "outputs": f"{outputs[m.name].stage}/{outputs[m.name].key}"}
                          for m in evaluated}, "baseline": baseline}
-    config["eval"] = {**config["eval"], "judge": judge_identity(cfg)}
+    # eval.systems names evaluate's systems; here the models are named on the command line
+    config["eval"] = {**{k: v for k, v in config["eval"].items() if k != "systems"}, "judge": judge_identity(cfg)}
     code = code_version.module_fingerprint(__name__)
     key = artifact_key("eval", code, config, {data.stage: data.key})
     title = f"plad eval: {cfg.name}, {Path(path).name}"
