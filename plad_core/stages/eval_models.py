@@ -58,6 +58,8 @@ def _paired_blocks(paired: dict[str, Any], baseline: str, n_resamples: int) -> l
     rows = [[name.rsplit("_vs_", 1)[0] + f" − {baseline}", difference_text(p), p_text(p["p_value"], n_resamples),
              str(p["n"]), "yes" if p["low"] > 0 or p["high"] < 0 else "no"]
             for name, p in paired.items() if p]
+    if not rows:  # one model: nothing to compare
+        return []
     return [Heading(f"Each model vs the baseline, {baseline} (paired bootstrap)"),
             Para(f"Per-row ROUGE-L F1 difference (x100) from the baseline over the rows both scored, with its 95% "
                  f"paired-bootstrap CI and two-sided p-value ({n_resamples} resamples). The baseline is the model "
