@@ -4,6 +4,8 @@
     plad scale [--experiment NAME] [key=value ...]                   the data-scale experiment (flow `distill-scale`)
     plad table [--experiment NAME] [--tune] [key=value ...]          the paper's table (flow `distill-table`)
     plad stage NAME [--config NAME] [--force] [key=value ...]       one stage, plain Python
+    plad eval --data PATH --model NAME=SPEC ... [--config NAME] [--rows N] [key=value ...]
+                                                                     score models on your own data file
     plad config show [--config NAME] [key=value ...]                 the merged config as YAML
     plad pairs show [PATH|latest] [-n 5] [--config NAME]             pairs, readably
     plad history [--config NAME]                                     champion/challenger decisions
@@ -31,6 +33,8 @@ from plad_core.models import ModelError, set_threads
 from plad_core.registry import Registry, registry_path
 from plad_core.sampling.openai_api import ApiError
 from plad_core.stages import RUNNERS, run_stage
+from plad_core.stages.eval_inputs import parse_model_args
+from plad_core.stages.eval_models import run_eval_models
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +92,17 @@ def cmd_stage(args: argparse.Namespace) -> None:
                          force=frozenset([args.name]) if args.force else frozenset())
     print(f"{args.name}: {artifact.path}")
     print(OmegaConf.to_yaml(OmegaConf.create({"stats": artifact.manifest["stats"]})))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.overrides)
+    set_threads(cfg.threads)
+    models = parse_model_args([*args.model, *(["teacher"] if args.teacher else [])])
+    artifact = run_eval_models(cfg, ArtifactStore(cfg.artifacts_root), args.data, models, args.rows, args.force)
+    print(f"\nResults ({cfg.name}, {args.data}):\n")
+    print(artifact.file("results.md").read_text())
+    print(f"Outputs: {artifact.file('generations.parquet')}")
+    print(f"Report:  {artifact.file('report.html')}")
 
 
 def cmd_config_show(args: argparse.Namespace) -> None:
@@ -158,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(stage)
     stage.add_argument("--force", action="store_true", help="rebuild this stage even if its artifact exists")
     stage.set_defaults(func=cmd_stage)
+
+    evaluate = commands.add_parser(
+        "eval", help="score models (artifact keys, champion, folders, hub ids) on a data file, without training")
+    _add_config_args(evaluate)
+    evaluate.add_argument("--data", required=True,
+                          help="JSONL or Parquet file of the config's task schema; every row is scored")
+    evaluate.add_argument("--model", action="append", default=[], metavar="NAME=SPEC",
+                          help="a model to score: SPEC is an artifact key ([stage/]KEY), champion, a local folder "
+                               "or a hub id; 'teacher' alone is the configured teacher (repeatable)")
+    evaluate.add_argument("--teacher", action="store_true", help="also score the configured teacher")
+    evaluate.add_argument("--rows", type=int, default=0, help="score only the file's first N rows (default: all)")
+    evaluate.add_argument("--force", action="store_true", help="rebuild the eval artifact and re-judge")
+    evaluate.set_defaults(func=cmd_eval)
 
     config = commands.add_parser("config", help="configuration")
     config_sub = config.add_subparsers(dest="action", required=True)

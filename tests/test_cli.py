@@ -48,3 +48,20 @@ def test_a_bad_override_after_the_config_option_is_one_line_naming_the_key():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "unknown config key 'train.nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_takes_repeated_models_the_teacher_and_overrides_anywhere():
+    args = parse_args(build_parser(), ["eval", "--data", "mine.jsonl", "--model", "a=./folder", "train.beta=0.5",
+                                       "--model", "b=0123456789abcdef", "--teacher", "--rows", "8", "eval.seed=1"])
+    assert (args.data, args.model, args.teacher, args.rows) == ("mine.jsonl", ["a=./folder", "b=0123456789abcdef"],
+                                                                True, 8)
+    assert args.overrides == ["train.beta=0.5", "eval.seed=1"]
+
+
+def test_eval_without_a_model_is_one_line_naming_the_option(tmp_path, capsys):
+    from flows.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--data", str(tmp_path / "x.jsonl")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == \
+        "plad: error: plad eval needs at least one --model NAME=SPEC (or --model teacher)"
