@@ -150,8 +150,11 @@ def test_an_artifact_key_the_teacher_and_the_judge(tmp_path, folders, capsys):
     assert read_split(eval_data, "labeled")["id"].tolist() == shortest
     assert read_split(eval_data, "dev")["id"].tolist() == ["heldout-0", "heldout-1", "heldout-2"]  # --rows 3
     judgments = pd.read_parquet(folder / "judgments.parquet")
-    # each of 3 systems vs the reference, 2 vs sft, both orders, every row
-    assert len(judgments) == 3 * (3 + 2) * 2
+    # each of 3 systems vs the reference, 2 vs sft, both orders, every row; and the validity check's
+    # known-answer case of each row (its reference against another row's), both orders
+    systems = judgments[judgments["opponent"] != "validity"]
+    assert len(systems) == 3 * (3 + 2) * 2 and len(judgments) - len(systems) == 3 * 2
+    assert metrics["judge"]["validity"]["n"] == 3
     assert set(metrics["judge"]["vs"]["reference"]) == {"init", "sft", "teacher"}
 
 
