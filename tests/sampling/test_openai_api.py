@@ -269,8 +269,9 @@ def test_429_500_drops_and_timeouts_are_retried_and_rows_are_complete(tiny, plai
                                                                       caplog):
     caplog.set_level(logging.WARNING, logger="plad.sampling.openai")
     with serve(tiny, tmp_path / "faulty.log", "--faults", "429,500,drop,stall", "--retry-after", "0.2",
-               "--stall-s", "4") as faulty:
-        settings = replace(settings_for(faulty, tiny), timeout_s=2.0, max_retries=4)
+               "--stall-s", "8") as faulty:
+        # 4 s: a tiny model's 8 rows answer well within it on a loaded 2-core machine; the stall outlasts it
+        settings = replace(settings_for(faulty, tiny), timeout_s=4.0, max_retries=4)
         (tmp_path / "w").mkdir()
         stats = sample_sharded(IDS, PROMPTS, api_generate(settings), meta(str(tiny)), 3, 3, tmp_path / "w",
                                tmp_path / "faulty.parquet")
