@@ -6,7 +6,7 @@ The stage trains with the student's SFT trainer (``steps.sft_step`` in ``loop.tr
 NLL of the reference tokens). ``teacher.sft.held_out`` labeled rows are kept out of training and
 scored every ``teacher.sft.eval_every`` steps; the weights kept are those of the step with the lowest
 held-out NLL. The paper picks the teacher's checkpoint by win rate against the references, which needs
-a judge that can tell summaries apart; the embedded judge cannot (issue 15), so the likelihood of the
+a judge that can tell summaries apart; the embedded judge cannot (its validity check), so the likelihood of the
 held-out references stands in for it. Dev rows are never read here.
 
 Off (``teacher.sft.enabled`` false, or auto with an API teacher, used as is) the stage still commits
