@@ -52,8 +52,11 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium not installed and apt-get not usable: the report's browser test will skip"; fi
 
+# Two pytest workers, each given whole test files (--dist loadfile, so a file's module fixtures are built
+# once): the flow and server tests spend much of their time waiting on servers and subprocesses.
+TEST_WORKERS ?= 2
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # `make table`: the paper's table at our scale (conf/experiments/tldr_table.yaml: SFT, SeqKD, token KD,
 # DPKD, PLaD-ranking and PLaD-margin, 3 seeds; 52 min measured cold on 2 CPU cores, see that file).

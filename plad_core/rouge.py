@@ -58,4 +58,5 @@ def rouge_l_scores(chosen: Sequence[str], rejected: Sequence[str],
         target = reference if isinstance(reference, str) and reference.strip() else teacher
         chosen_scores.append(scorer.score(target, teacher)["rougeL"].fmeasure)
         rejected_scores.append(scorer.score(target, student)["rougeL"].fmeasure)
-    return torch.tensor(chosen_scores), torch.tensor(rejected_scores)
+    # rouge-score returns the int 0 for a text without tokens (e.g. only punctuation): float32 always
+    return (torch.tensor(chosen_scores, dtype=torch.float32), torch.tensor(rejected_scores, dtype=torch.float32))

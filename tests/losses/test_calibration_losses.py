@@ -71,3 +71,11 @@ def test_rouge_l_scores_against_rouge_score():
         assert close(rejected_score[row], scorer.score(chosen[row], rejected[row])["rougeL"].fmeasure)
     # LCS "a b" of 4 and 3 tokens: P = 2/3, R = 1/2, F1 = 4/7 ; stemming: "running"/"runs" -> "run" match
     assert close(rejected_score[1], 4 / 7) and rejected_score[2] > 0
+
+
+def test_rouge_l_scores_are_float_when_no_text_has_a_token():
+    # rouge-score answers the int 0 for texts without tokens (punctuation only); the scores stay float32
+    chosen_score, rejected_score = rouge_l_scores(["!!", "..."], ["?", ","], [None, None])
+    assert chosen_score.dtype == rejected_score.dtype == torch.float32
+    assert chosen_score.tolist() == rejected_score.tolist() == [0.0, 0.0]
+    assert float((chosen_score - rejected_score).mean()) == 0.0
