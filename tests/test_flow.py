@@ -384,12 +384,16 @@ def test_flow_publishes_the_results_table_and_evaluate_progress(first_run):
     assert len(judgments) == 4 * 5 * 2 + 4 * 2  # rows x (3 + 2 pairs) x orders, and a validity case per row x orders
     assert (judgments["opponent"] == "validity").sum() == 4 * 2 and metrics["judge"]["validity"]["n"] == 4
 
-    progress = read_prefect_artifacts("evaluate-progress")
+    # this run's artifacts: those its flow runs published beside the summary that names this evaluation's
+    # report (other tests' flows, in this process or another pytest worker, share the Prefect database)
+    runs = {a.flow_run_id for a in read_prefect_artifacts("distill-results")
+            if str(evaluate / "report.html") in (a.description or "")}
+    progress = [a for a in read_prefect_artifacts("evaluate-progress") if a.flow_run_id in runs]
     assert progress and all(a.type == "progress" and a.data == 100.0 for a in progress)  # every run ended at 100%
     assert any(str(evaluate / "report.html") in a.description for a in progress)
 
     plad = metrics["systems"]["plad"]
-    tables = [json.loads(a.data) for a in read_prefect_artifacts("distill-results-table")]
+    tables = [json.loads(a.data) for a in read_prefect_artifacts("distill-results-table") if a.flow_run_id in runs]
     mine = [t for t in tables if [r["system"] for r in t] == ["teacher", "sft", "plad"]
             and t[2]["ROUGE-L"] == f"{plad['rougeL']:.2f} [{plad['rougeL_low']:.2f}, {plad['rougeL_high']:.2f}]"]
     win = metrics["judge"]["vs"]["reference"]["plad"]
