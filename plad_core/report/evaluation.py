@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from plad_core import data as data_lib
 from plad_core.report.blocks import (
     Block,
     Heading,
@@ -270,3 +271,15 @@ def write_report(out: Path, metrics: dict[str, Any], generations: pd.DataFrame, 
     report, summary = build_blocks(metrics, generations, references, train_log, provenance, title, n_examples)
     write_pages(out, report, title)
     return render_markdown(summary)
+
+
+def write_data_files(out: Path, cfg: Any, metrics: dict[str, Any], generations: pd.DataFrame,
+                     samples: pd.DataFrame, dev: pd.DataFrame) -> pd.DataFrame:
+    """generations.parquet, calibration_samples.parquet and metrics.json; returns the report's references
+    (id, reference, and the prompt as the student sees it, without examples)."""
+    generations.to_parquet(out / "generations.parquet", index=False)
+    samples.to_parquet(out / "calibration_samples.parquet", index=False)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
+    template = cfg.student.prompt.template
+    return dev[["id", "reference"]].assign(
+        prompt=[data_lib.render_prompt(r, template, [], "") for r in dev.to_dict("records")])

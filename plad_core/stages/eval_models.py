@@ -10,7 +10,6 @@ file's content, each model's outputs and the eval settings.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig
 
-from plad_core import data as data_lib
 from plad_core.artifacts import Artifact, ArtifactStore, artifact_key
 from plad_core.evaluation import metrics as eval_lib
 from plad_core.report import evaluation as report
@@ -84,12 +82,7 @@ def _write(out: Path, cfg: DictConfig, metrics: dict[str, Any], generations: pd.
            dev: pd.DataFrame, provenance: dict[str, Any], title: str) -> None:
     """generations.parquet, calibration_samples.parquet, metrics.json, report.md/html and results.md:
     evaluate's report with the comparisons against the baseline after the results table."""
-    generations.to_parquet(out / "generations.parquet", index=False)
-    samples.to_parquet(out / "calibration_samples.parquet", index=False)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    template = cfg.student.prompt.template
-    references = dev[["id", "reference"]].assign(
-        prompt=[data_lib.render_prompt(r, template, [], "") for r in dev.to_dict("records")])
+    references = report.write_data_files(out, cfg, metrics, generations, samples, dev)
     blocks, summary = report.build_blocks(metrics, generations, references, None, provenance, title,
                                           cfg.eval.report_examples)
     paired = _paired_blocks(metrics["paired_vs_baseline"], metrics["baseline"], cfg.eval.n_resamples)

@@ -3,7 +3,6 @@ verdicts on named dev outputs) and evaluate (every system's metrics with CIs, an
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -227,13 +226,8 @@ def _provenance(store: ArtifactStore, key: str, config: dict[str, Any], upstream
 
 def _write_outputs(out: Path, cfg: DictConfig, metrics: dict[str, Any], generations: pd.DataFrame,
                    samples: pd.DataFrame, dev: pd.DataFrame, calibrated: Artifact, provenance: dict[str, Any]) -> None:
-    """generations.parquet, calibration_samples.parquet, metrics.json, the report and results.md."""
-    generations.to_parquet(out / "generations.parquet", index=False)
-    samples.to_parquet(out / "calibration_samples.parquet", index=False)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    template = cfg.student.prompt.template
-    references = dev[["id", "reference"]].assign(
-        prompt=[data_lib.render_prompt(r, template, [], "") for r in dev.to_dict("records")])
+    """``report.write_data_files``, the report and results.md."""
+    references = report.write_data_files(out, cfg, metrics, generations, samples, dev)
     log_path = calibrated.file("train_log.parquet")
     summary = report.write_report(
         out, metrics, generations, references, pd.read_parquet(log_path) if log_path.is_file() else None,
