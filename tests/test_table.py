@@ -145,6 +145,25 @@ def test_pair_quality_counts_where_the_teacher_output_is_closer_to_the_reference
     assert q.chosen_rougeL == pytest.approx(100 * (1.0 + 2 * 0.75 / 1.75) / 2, abs=0.01)
 
 
+def test_discussion_sets_the_pairs_before_curation_beside_the_kept_ones():
+    from types import SimpleNamespace
+
+    from plad_core.report.table_discussion import _pair_quality_paragraph
+    built = pd.DataFrame({"chosen": ["the cat sat", "a dog ran", "loop loop loop loop loop"],
+                          "rejected": ["the cat", "a dog ran", "the bird flew"],
+                          "reference": ["the cat sat", "a dog ran far", "the bird flew"],
+                          "chosen_tokens": [3, 3, 5], "rejected_tokens": [2, 3, 3]})
+    kept = built.iloc[:2]
+    result = SimpleNamespace(settings=SimpleNamespace(n_resamples=200), pairs=pair_quality(kept, 200, 0),
+                             pairs_built=pair_quality(built, 200, 0))
+    (text,) = _pair_quality_paragraph(result)
+    # before: y_T ahead on row 1 (1.0 vs 0.8), tied on row 2, behind on row 3 (0 vs 1.0): one third each
+    assert "Before curation (3 pairs, 1 of them dropped by curate_pairs): y_T higher in 33.3% (equal 33.3%, lower 33.3%)" in text
+    assert f"mean ROUGE-L {100 * (1.0 + 2 * 0.75 / 1.75 + 0) / 3:.2f} vs {100 * (0.8 + 2 * 0.75 / 1.75 + 1.0) / 3:.2f}" in text
+    result.pairs_built = result.pairs
+    assert "Curation dropped no pair" in _pair_quality_paragraph(result)[0]
+
+
 def test_training_summary_reads_quarters_and_the_held_out_curve():
     log = pd.DataFrame({"step": range(1, 9), "epoch": [0] * 4 + [1] * 4,
                         "loss": [4.0, 2.0, 3.0, 3.0, 2.0, 2.0, 1.0, 0.0],
@@ -237,6 +256,7 @@ def test_table_judges_calibrates_and_reads_training_and_pairs(tiny_table):
     p = result["pairs"]
     assert p["pairs"] == len(pairs) and p["sft_pair_accuracy"] == pytest.approx(100 * ahead.mean(), abs=0.01)
     assert p["chosen_better"] + p["ties"] + p["rejected_better"] == pytest.approx(100)
+    assert result["pairs_built"]["pairs"] == len(pairs)  # build_pairs' own file: the pairs before curation
     for run in result["runs"]:
         t = run["training"]
         log = pd.read_parquet(store.path("calibrate", run["calibrate_key"]) / "train_log.parquet")

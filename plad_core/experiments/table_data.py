@@ -152,6 +152,7 @@ class TableResults:
     judge: Optional[Metrics]
     keys: dict[str, str] = field(default_factory=dict)
     curation: Optional[dict[str, Any]] = field(default=None, metadata={"omit_if_none": True})  # curate_pairs' stats
+    pairs_built: Optional[PairQuality] = _absent()  # the same measure over the pairs before curate_pairs dropped any
 
 
 def table_json(value: Any) -> Any:

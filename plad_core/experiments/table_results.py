@@ -108,6 +108,15 @@ def pair_quality(pairs: pd.DataFrame, n_resamples: int, seed: int) -> PairQualit
         p_value=round(compared.p_value, 4), mde=None if mde is None else round(100 * mde, 2))
 
 
+def built_pairs(pairs: Artifact) -> Optional[pd.DataFrame]:
+    """The pairs before curation: a curate_pairs artifact's kept pairs with the ones it dropped (its
+    ``dropped.parquet``, whatever the reason); None for pairs that no curate_pairs stage produced."""
+    if pairs.stage != "curate_pairs":
+        return None
+    kept, dropped = pd.read_parquet(pairs.file("pairs.parquet")), pd.read_parquet(pairs.file("dropped.parquet"))
+    return pd.concat([kept, dropped[kept.columns]], ignore_index=True) if len(dropped) else kept
+
+
 def training_summary(log: pd.DataFrame, stats: dict[str, Any], sft_held_out: Optional[float]) -> TrainingSummary:
     """From one calibrate artifact's train_log.parquet and stats: training loss and pair accuracy as means
     over the first and the last quarter of the steps (single steps are batches of a few pairs), and the
@@ -225,6 +234,7 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
 
     scored = with_row_references(pd.read_parquet(pairs.file("pairs.parquet")), data).merge(
         pd.read_parquet(before.file("scores.parquet")), on=["id", "sample_index"], how="left", validate="one_to_one")
+    built = built_pairs(pairs)
     run_rows = []
     for r in runs:
         held_out = split_held_out(scored, r.cfg.train.eval_fraction, r.cfg.train.eval_max_pairs, r.cfg.train.optim.seed)[1]
@@ -244,4 +254,5 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
         comparisons=comparisons, length_buckets=_length_buckets(per_system), runs=run_rows,
         pairs=dataclasses.replace(pair_quality(scored, n, rs), sft_pair_accuracy=pair_accuracy(scored)),
         judge=None if judgments is None else {k: v for k, v in win_rates(judgments, n, rs).items() if k != "vs"},
-        curation=pairs.manifest.get("stats") if pairs.stage == "curate_pairs" else None)
+        curation=pairs.manifest.get("stats") if pairs.stage == "curate_pairs" else None,
+        pairs_built=None if built is None else pair_quality(with_row_references(built, data), n, rs))

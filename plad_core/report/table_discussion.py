@@ -76,7 +76,20 @@ def _pair_quality_paragraph(result: Result) -> list[str]:
         f"(equal {pairs.ties:.1f}%, lower {pairs.rejected_better:.1f}%); mean ROUGE-L {pairs.chosen_rougeL:.2f} "
         f"vs {pairs.rejected_rougeL:.2f}, difference {delta_text(asdict(pairs), n)} "
         f"({n_mde_text({'n': pairs.with_reference, 'mde': pairs.mde})}); {judgement}. y_T has "
-        f"{pairs.chosen_tokens} tokens on average, y_S {pairs.rejected_tokens}."]
+        f"{pairs.chosen_tokens} tokens on average, y_S {pairs.rejected_tokens}." + _before_curation(result)]
+
+
+def _before_curation(result: Result) -> str:
+    """The pair-quality measure over the pairs before curate_pairs dropped any, for comparison."""
+    built, n = getattr(result, "pairs_built", None), result.settings.n_resamples
+    if built is None or built.chosen_better is None:
+        return ""
+    if built.pairs == result.pairs.pairs:
+        return " Curation dropped no pair, so the pairs before it are the same."
+    return (f" Before curation ({built.pairs} pairs, {built.pairs - result.pairs.pairs} of them dropped by "
+            f"curate_pairs): y_T higher in {built.chosen_better:.1f}% (equal {built.ties:.1f}%, lower "
+            f"{built.rejected_better:.1f}%), mean ROUGE-L {built.chosen_rougeL:.2f} vs {built.rejected_rougeL:.2f}, "
+            f"difference {delta_text(asdict(built), n)}; y_T {built.chosen_tokens} tokens, y_S {built.rejected_tokens}.")
 
 
 def _teacher_paragraph(result: Result) -> str:
