@@ -60,7 +60,7 @@ test: setup browser
 
 # `make table`: the paper's table at our scale (conf/experiments/tldr_table.yaml: SFT, SeqKD, token KD,
 # DPKD, PLaD-ranking and PLaD-margin, 3 seeds; 52 min measured cold on 2 CPU cores, see that file).
-# TUNE=1 runs its dev-only tuning grid instead; EXPERIMENT=tldr_table_gpu HF_HUB_OFFLINE=0 the GPU config.
+# TUNE=1 runs its tuning grid instead (on a labeled slice outside every split); EXPERIMENT=tldr_table_gpu HF_HUB_OFFLINE=0 the GPU config.
 EXPERIMENT ?= tldr_table
 table: setup
 	time $(BIN)/plad table --experiment $(EXPERIMENT) $(if $(TUNE),--tune)

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = commands.add_parser("table", help="the paper's table: SFT, SeqKD, token KD, DPKD and PLaD over seeds")
     _add_experiment_args(table, "tldr_table", "eval.judge.enabled=false")
-    table.add_argument("--tune", action="store_true", help="run the experiment's dev-only tuning grid instead")
+    table.add_argument("--tune", action="store_true",
+                       help="run the experiment's tuning grid instead, scored on a labeled slice outside every split")
     table.set_defaults(func=cmd_table)
 
     stage = commands.add_parser("stage", help="run one stage (and any missing upstream), without Prefect")

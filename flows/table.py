@@ -30,8 +30,9 @@ def distill_table(experiment: str = "tldr_table", overrides: Optional[list[str]]
     Args:
         experiment: a name under conf/experiments/ (tldr_table) or a YAML path.
         overrides: OmegaConf dotlist applied to every run, after the experiment's own.
-        tune: run the experiment's dev-only tuning grid instead (one table row per grid point); the
-            result's ``chosen`` is the grid point with the highest dev ROUGE-L, read from that artifact.
+        tune: run the experiment's tuning grid instead (one table row per tuned system and grid point),
+            scored on a labeled slice outside every split (``tuning.rows``), never on dev; the result's
+            ``chosen`` is, per tuned system, the point with the highest ROUGE-L there, read from that artifact.
     """
     exp = load_experiment(experiment)
     table = tuning_experiment(exp) if tune else exp
@@ -39,8 +40,10 @@ def distill_table(experiment: str = "tldr_table", overrides: Optional[list[str]]
     publish_summary("distill-table", table.name, result)
     out = {"experiment": table.name, "artifact": str(result.path), "stats": result.manifest["stats"]}
     if tune:
-        best, values = tuning_choice(exp, result.manifest["stats"]["rougeL"])
-        out["chosen"] = {"point": best, "values": values}
-        print(f"highest dev ROUGE-L: {best}; copy {' '.join(f'{k}={v}' for k, v in values.items())} into the "
-              f"overrides of {exp.tuning.system} (and tuning.chosen) in the experiment file")
+        out["chosen"] = {}
+        for system, (best, values) in tuning_choice(exp, result.manifest["stats"]["rougeL"]).items():
+            out["chosen"][system] = {"point": best, "values": values}
+            print(f"{system}: highest ROUGE-L on the tuning slice at {best}; copy "
+                  f"{' '.join(f'{k}={v}' for k, v in values.items())} into its overrides (and tuning.chosen) "
+                  "in the experiment file")
     return out

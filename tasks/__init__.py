@@ -18,6 +18,7 @@ from plad_core.stages import (
     run_judgments,
     run_promote,
 )
+from plad_core.stages.tune_data import run_tune_data
 
 log = logging.getLogger("plad.tasks")
 
@@ -49,6 +50,7 @@ curate_pairs = stage_task("curate_pairs")
 score_pairs = stage_task("score_pairs")
 calibrate = stage_task("calibrate")
 # Steps of the table experiment (flows/table.py): one model's dev outputs; the judge over many models' outputs.
+tune_data = task(run_tune_data, name="tune_data", cache_policy=NO_CACHE, persist_result=False)
 dev_outputs = task(run_dev_outputs, name="dev_outputs", cache_policy=NO_CACHE, persist_result=False)
 judgments = task(run_judgments, name="judgments", cache_policy=NO_CACHE, persist_result=False)
 

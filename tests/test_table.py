@@ -1,6 +1,8 @@
 """The table experiment (plad_core.experiments, flow distill-table): its schema and numbers by hand, and a
 whole tiny table (2 trained systems x 2 seeds) through the flow."""
 
+import dataclasses
+import hashlib
 import json
 import math
 import shutil
@@ -20,6 +22,7 @@ from plad_core.experiments.table import (
     TableExperiment,
     TableSystem,
     Tuning,
+    check_experiment,
     load_experiment,
     run_overrides,
     tuning_choice,
@@ -86,12 +89,43 @@ def test_bad_experiment_files_fail_naming_the_file_and_the_system(tmp_path, syst
 
 def test_tuning_choice_is_the_highest_rouge_l_point_and_needs_every_point():
     exp = TableExperiment(systems=[TableSystem("P", ["train.loss=ranking"])],
-                          tuning=Tuning("P", {"train.beta": [0.5, 1.0], "train.optim.lr": [1e-5, 3e-5]}))
+                          tuning=Tuning(system="P", grid={"train.beta": [0.5, 1.0], "train.optim.lr": [1e-5, 3e-5]}))
     scores = {"beta=0.5 lr=1e-05": 10.0, "beta=0.5 lr=3e-05": 9.0, "beta=1.0 lr=1e-05": 12.5,
               "beta=1.0 lr=3e-05": 12.0, "teacher": 20.0, "sft": 13.0}  # fixed systems are not grid points
-    assert tuning_choice(exp, scores) == ("beta=1.0 lr=1e-05", {"train.beta": 1.0, "train.optim.lr": 1e-5})
+    assert tuning_choice(exp, scores) == {"P": ("beta=1.0 lr=1e-05", {"train.beta": 1.0, "train.optim.lr": 1e-5})}
     with pytest.raises(ValueError, match=r"no ROUGE-L for grid points \['beta=1.0 lr=3e-05'\]"):
         tuning_choice(exp, {k: v for k, v in scores.items() if k != "beta=1.0 lr=3e-05"})
+
+
+def test_tuning_gives_every_tuned_system_the_same_grid_and_chooses_for_each_apart():
+    exp = check_experiment(TableExperiment(
+        systems=[TableSystem("SeqKD", ["train.loss=seqkd"]), TableSystem("P", ["train.loss=ranking"])],
+        tuning=Tuning(system="P", systems=["SeqKD"], grid={"train.optim.lr": [1e-5, 3e-5]}, rows=40)), "exp")
+    tuning = tuning_experiment(exp)
+    assert [(s.name, s.overrides) for s in tuning.systems] == [
+        ("P lr=1e-05", ["train.loss=ranking", "train.optim.lr=1e-05"]),
+        ("P lr=3e-05", ["train.loss=ranking", "train.optim.lr=3e-05"]),
+        ("SeqKD lr=1e-05", ["train.loss=seqkd", "train.optim.lr=1e-05"]),
+        ("SeqKD lr=3e-05", ["train.loss=seqkd", "train.optim.lr=3e-05"])]
+    assert tuning.tune_rows == 40 and exp.tune_rows == 0  # the tuning table scores the slice, the table dev
+    scores = {"P lr=1e-05": 11.0, "P lr=3e-05": 12.0, "SeqKD lr=1e-05": 14.0, "SeqKD lr=3e-05": 13.0}
+    assert tuning_choice(exp, scores) == {"P": ("P lr=3e-05", {"train.optim.lr": 3e-5}),
+                                          "SeqKD": ("SeqKD lr=1e-05", {"train.optim.lr": 1e-5})}
+    with pytest.raises(ConfigError, match=r"exp: tuning.system/tuning.systems \['KD'\] must name systems"):
+        check_experiment(dataclasses.replace(exp, tuning=Tuning(system="P", systems=["KD"], grid={"train.beta": [1]})),
+                         "exp")
+
+
+def test_the_tuning_slice_is_the_files_rows_in_no_split_smallest_hash_first(tmp_path):
+    from plad_core.data import DataError
+    from plad_core.stages.tune_data import unused_rows
+    rows = [{"id": f"r{i}"} for i in range(10)]
+    used = {"r0", "r3", "r4", "r7"}
+    by_hand = sorted((r for r in rows if r["id"] not in used), key=lambda r: hashlib.sha256(
+        f"salt:{r['id']}".encode()).hexdigest())[:3]
+    assert unused_rows(rows, used, 3, "salt", "f.jsonl") == by_hand
+    with pytest.raises(DataError, match=r"f.jsonl: the tuning slice needs 7 rows .* only 6 of the file's 10 rows"):
+        unused_rows(rows, used, 7, "salt", "f.jsonl")
 
 
 def test_seed_mean_averages_each_dev_row_over_the_seeds():
@@ -292,7 +326,7 @@ def tiny_tuning(tiny_table, tmp_path_factory):
     shutil.copytree(root / "artifacts", copy / "artifacts")
     exp = OmegaConf.load(root / "tiny_table.yaml")
     exp.overrides.append(f"artifacts_root={copy / 'artifacts'}")
-    exp.tuning = {"system": "PLaD-ranking", "grid": {"train.beta": [0.5, 2.0]}, "seed": 0}
+    exp.tuning = {"system": "PLaD-ranking", "grid": {"train.beta": [0.5, 2.0]}, "seed": 0, "rows": 4}
     OmegaConf.save(exp, copy / "tiny_table.yaml")
     with prefect_test_harness(server_startup_timeout=120):
         tuned = distill_table(experiment=str(copy / "tiny_table.yaml"), tune=True)
@@ -312,6 +346,14 @@ def test_tuning_records_every_points_dev_rouge_l_and_chooses_the_highest(tiny_tu
     manifest = json.loads((Path(tuned["artifact"]) / MANIFEST).read_text())
     for point, value in rouge_l.items():
         assert manifest["stats"]["rougeL"][point] == pytest.approx(value, abs=0.01)
-    chosen = tuned["chosen"]["point"]
+    chosen = tuned["chosen"]["PLaD-ranking"]["point"]
     assert rouge_l[chosen] == pytest.approx(max(rouge_l.values()), abs=0.01)  # the highest (ties: within rounding)
-    assert tuned["chosen"]["values"] == {"train.beta": float(chosen.split("=")[1])}
+    assert tuned["chosen"]["PLaD-ranking"]["values"] == {"train.beta": float(chosen.split("=")[1])}
+    # every model was scored on 4 labeled rows of the file that no split holds, not on dev
+    tune = json.loads((store.path("tune_data", result["keys"]["tune_data"]) / MANIFEST).read_text())
+    rows = pd.read_parquet(store.path("prepare_data", tune["upstream"]["prepare_data"]) / "rows.parquet")
+    scored = {frozenset(pd.read_parquet(store.path("dev_outputs", key) / "generations.parquet")["id"])
+              for name, key in result["keys"].items() if name.startswith("dev_outputs")}
+    assert len(scored) == 1
+    (ids,) = scored
+    assert len(ids) == 4 and not ids & set(rows["id"]) and result["settings"]["dev_rows"] == 4

@@ -20,7 +20,8 @@ is against the former. ``plad_core.experiments.table_run.run_table``:
 
 Trained systems are summarised by per-row metrics averaged over seeds, with 95% bootstrap CIs over
 dev rows; the per-seed numbers are in table.json and the report. ``tuning_experiment`` turns the
-experiment's ``tuning`` grid into a table of its own (one seed, no judge, no calibration sampling):
+experiment's ``tuning`` grid into a table of its own (one seed, no judge, no calibration sampling,
+evaluated on a labeled tuning slice outside every split instead of dev):
 that tuning table's artifact is the record of the grid's results, and ``tuning_choice`` reads its
 winner. The experiment file holds config only: the winner's values are copied into the tuned
 systems' overrides (and ``tuning.chosen``) by hand, so a table never depends on which tuning
@@ -51,10 +52,13 @@ class TableSystem:
 
 @dataclass
 class Tuning:
-    """A dev-only grid for one system (``plad table --tune``); its results live in the tuning artifact."""
-    system: str = ""                                        # the tuned system: its overrides, then each grid point's
+    """A grid (``plad table --tune``) run for each tuned system on a labeled slice outside every split
+    (``stages.tune_data``), never on dev; its results live in the tuning artifact."""
+    system: str = ""                                        # a tuned system: its overrides, then each grid point's
+    systems: list[str] = field(default_factory=list)        # more tuned systems, each over the same grid (same budget)
     grid: dict[str, list[Any]] = field(default_factory=dict)  # train.* key -> values (every combination runs)
     seed: int = 0
+    rows: int = 128                                         # the tuning slice: rows of data.path in no split
     chosen: dict[str, Any] = field(default_factory=dict)     # the values copied into the systems' overrides
 
 
@@ -66,6 +70,7 @@ class TableExperiment:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # train.optim.seed of each trained system
     systems: list[TableSystem] = field(default_factory=list)
     tuning: Tuning = field(default_factory=Tuning)
+    tune_rows: int = 0  # 0: evaluate on dev; > 0 (set by tuning_experiment): on the tuning slice of that many rows
 
 
 def check_experiment(exp: TableExperiment, where: str) -> TableExperiment:
@@ -87,8 +92,11 @@ def check_experiment(exp: TableExperiment, where: str) -> TableExperiment:
                                   "that is the experiment's seeds); put others in the experiment's overrides")
     t = exp.tuning
     if t.grid:
-        if t.system not in names:
-            raise ConfigError(f"{where}: tuning.system '{t.system}' is not one of the systems {names}")
+        unknown = [s for s in tuned_systems(t) if s not in names]
+        if unknown or not tuned_systems(t):
+            raise ConfigError(f"{where}: tuning.system/tuning.systems {unknown or '(none)'} must name systems of {names}")
+        if t.rows < 1:
+            raise ConfigError(f"{where}: tuning.rows {t.rows} must be at least 1 (the tuning slice's rows)")
         bad = [k for k, v in t.grid.items() if not k.startswith("train.") or k == "train.optim.seed" or not v]
         if bad:
             raise ConfigError(f"{where}: tuning.grid keys {bad} must be train.* keys (not the seed) with values")
@@ -106,39 +114,58 @@ def run_overrides(exp: TableExperiment, system: TableSystem, seed: int, extra: O
     return [*exp.overrides, *(extra or []), *system.overrides, f"train.optim.seed={seed}"]
 
 
+def tuned_systems(tuning: Tuning) -> list[str]:
+    """The systems the grid tunes: ``tuning.system`` then ``tuning.systems``, each once."""
+    return list(dict.fromkeys([*([tuning.system] if tuning.system else []), *tuning.systems]))
+
+
 def _point_label(keys: list[str], values: tuple[Any, ...]) -> str:
     return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values))
 
 
 def grid_points(tuning: Tuning) -> dict[str, dict[str, Any]]:
-    """Each grid point's label (its tuning-table system name) -> its values, in grid order."""
+    """Each grid point's label -> its values, in grid order."""
     keys = list(tuning.grid)
     return {_point_label(keys, values): dict(zip(keys, values))
             for values in itertools.product(*(tuning.grid[k] for k in keys))}
 
 
-def tuning_choice(exp: TableExperiment, rouge_l: dict[str, float]) -> tuple[str, dict[str, Any]]:
-    """The grid point with the highest dev ROUGE-L in a tuning artifact's ``rouge_l`` (its manifest's
-    stats ``rougeL``: system -> ROUGE-L), and its values: what to copy into the tuned systems' overrides."""
-    points = grid_points(exp.tuning)
-    missing = sorted(set(points) - set(rouge_l))
+def tuning_runs(tuning: Tuning) -> dict[str, tuple[str, str]]:
+    """Each tuning-table system name -> (tuned system, grid point label): the point's label alone when one
+    system is tuned, "<system> <label>" when several are."""
+    systems, points = tuned_systems(tuning), grid_points(tuning)
+    return {(label if len(systems) == 1 else f"{system} {label}"): (system, label)
+            for system in systems for label in points}
+
+
+def tuning_choice(exp: TableExperiment, rouge_l: dict[str, float]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Per tuned system, the grid point with the highest ROUGE-L on the tuning slice in a tuning artifact's
+    ``rouge_l`` (its manifest's stats ``rougeL``: tuning-table system -> ROUGE-L), and its values: what to
+    copy into that system's overrides."""
+    runs, points = tuning_runs(exp.tuning), grid_points(exp.tuning)
+    missing = sorted(set(runs) - set(rouge_l))
     if missing:
         raise ValueError(f"experiment {exp.name}: the tuning artifact has no ROUGE-L for grid points {missing}")
-    best = max(points, key=lambda label: rouge_l[label])
-    return best, points[best]
+    out = {}
+    for system in tuned_systems(exp.tuning):
+        best = max((name for name, (s, _) in runs.items() if s == system), key=lambda name: rouge_l[name])
+        out[system] = (best, points[runs[best][1]])
+    return out
 
 
 def tuning_experiment(exp: TableExperiment) -> TableExperiment:
-    """The experiment's tuning grid as a table: one system per grid point (the tuned system's overrides,
-    then the point's), ``tuning.seed`` only, without calibration sampling or judge (ROUGE-L decides)."""
+    """The experiment's tuning grid as a table: one system per tuned system and grid point (the tuned
+    system's overrides, then the point's), ``tuning.seed`` only, without calibration sampling or judge,
+    evaluated on the tuning slice of ``tuning.rows`` labeled rows outside every split (ROUGE-L decides)."""
     t = exp.tuning
     if not t.grid:
         raise ConfigError(f"experiment {exp.name}: no tuning.grid to run")
-    tuned = next(s for s in exp.systems if s.name == t.system)
-    systems = [TableSystem(label, [*tuned.overrides, *(f"{k}={v}" for k, v in point.items())])
-               for label, point in grid_points(t).items()]
+    by_name = {s.name: s for s in exp.systems}
+    points = grid_points(t)
+    systems = [TableSystem(name, [*by_name[system].overrides, *(f"{k}={v}" for k, v in points[label].items())])
+               for name, (system, label) in tuning_runs(t).items()]
     return check_experiment(TableExperiment(
-        name=f"{exp.name}_tuning", config=exp.config, seeds=[t.seed], systems=systems,
+        name=f"{exp.name}_tuning", config=exp.config, seeds=[t.seed], systems=systems, tune_rows=t.rows,
         overrides=[*exp.overrides, "eval.calibration_samples=0", "eval.judge.enabled=false"]), f"{exp.name} tuning")
 
 

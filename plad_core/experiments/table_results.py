@@ -213,11 +213,13 @@ def _length_buckets(per_system: dict[str, Any]) -> dict[str, Any]:
 
 
 def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: Artifact, before: Artifact,
-                  outputs: dict[str, Artifact], runs: list[Run], judged: Optional[Artifact]) -> TableResults:
-    """table.json: per system (seed-mean rows), per run (per seed), comparisons, pairs and judge."""
+                  outputs: dict[str, Artifact], runs: list[Run], judged: Optional[Artifact],
+                  scored: Optional[Artifact] = None) -> TableResults:
+    """table.json: per system (seed-mean rows), per run (per seed), comparisons, pairs and judge. The
+    outputs are of ``scored``'s dev split (a tuning table's ``tune_data``), ``data``'s by default."""
     e = cfg.eval
     n, rs = e.n_resamples, e.seed
-    dev = read_split(data, "dev")[["id", "reference"]]
+    dev = read_split(scored or data, "dev")[["id", "reference"]]
     frames = {label: dev_frames(a, label) for label, a in outputs.items()}
     generations = pd.concat([g for g, _ in frames.values()], ignore_index=True)
     members = {"teacher": ["teacher"], "sft": ["sft"],

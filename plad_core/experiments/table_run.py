@@ -27,13 +27,15 @@ from plad_core.stages import (
     run_judgments,
 )
 from plad_core.stages.keys import keyed_slice
+from plad_core.stages.tune_data import run_tune_data
 
 STAGE = "table"
 SHARED_STAGES = ("prepare_data", "init_student", "sft_student", "sft_teacher", "sample_teacher", "sample_student",
                  "build_pairs", "curate_pairs")
 REFERENCE_SCORER = "train.loss=dpo"   # a config whose score_pairs holds the SFT student's log-probs of y_T, y_S
 
-STEPS: dict[str, Callable[..., Artifact]] = {**RUNNERS, "dev_outputs": run_dev_outputs, "judgments": run_judgments}
+STEPS: dict[str, Callable[..., Artifact]] = {**RUNNERS, "tune_data": run_tune_data, "dev_outputs": run_dev_outputs,
+                                             "judgments": run_judgments}
 TableStep = Callable[..., Artifact]  # (step name, cfg, store, *upstream, label=...) -> Artifact
 
 
@@ -59,25 +61,27 @@ def run_table(exp: TableExperiment, extra: Optional[list[str]] = None, step: Tab
     data, sft, pairs = shared["prepare_data"], shared["sft_student"], shared["curate_pairs"]
     before = step("score_pairs", load_config(exp.config, [*exp.overrides, *extra, REFERENCE_SCORER]), store, pairs,
                   sft, label="score_pairs (SFT log-probs)")
-    outputs = {"teacher": step("dev_outputs", base, store, data, label="dev_outputs teacher"),
-               "sft": step("dev_outputs", base, store, data, sft, label="dev_outputs sft")}
+    # the rows every model is scored on: dev, or for a tuning table the labeled tuning slice
+    scored = step("tune_data", base, store, data, exp.tune_rows, label="tune_data") if exp.tune_rows else data
+    outputs = {"teacher": step("dev_outputs", base, store, scored, label="dev_outputs teacher"),
+               "sft": step("dev_outputs", base, store, scored, sft, label="dev_outputs sft")}
     runs = []
     for (name, seed), cfg in configs.items():
         tag = f"{name}@{seed}"
         scores = step("score_pairs", cfg, store, pairs, sft, label=f"score_pairs {tag}")
         calibrated = step("calibrate", cfg, store, pairs, sft, scores, label=f"calibrate {tag}")
-        outputs[tag] = step("dev_outputs", cfg, store, data, calibrated, label=f"dev_outputs {tag}")
+        outputs[tag] = step("dev_outputs", cfg, store, scored, calibrated, label=f"dev_outputs {tag}")
         runs.append(Run(name, seed, cfg.train.loss, cfg, calibrated, outputs[tag]))
-    judged = step("judgments", base, store, data, outputs, label="judgments") if base.eval.judge.enabled else None
+    judged = step("judgments", base, store, scored, outputs, label="judgments") if base.eval.judge.enabled else None
 
     config = {"experiment": asdict(exp), "extra": extra, "eval": keyed_slice(base, ["eval"])["eval"]}
-    upstream = {"build_pairs": shared["build_pairs"].key, "curate_pairs": pairs.key, "score_pairs (SFT log-probs)": before.key,
+    upstream = {**({"tune_data": scored.key} if exp.tune_rows else {}), "build_pairs": shared["build_pairs"].key, "curate_pairs": pairs.key, "score_pairs (SFT log-probs)": before.key,
                 **{f"dev_outputs {n}": a.key for n, a in outputs.items()},
                 **{f"calibrate {r.label}": r.calibrated.key for r in runs},
                 **({"judgments": judged.key} if judged else {})}
 
     def render(report_path: Path) -> ExperimentPages:
-        result = table_results(exp, base, data, pairs, before, outputs, runs, judged)
+        result = table_results(exp, base, data, pairs, before, outputs, runs, judged, scored)
         result.keys = upstream
         blocks, summary = table_blocks(exp, extra, result, report_path)
         return ExperimentPages(

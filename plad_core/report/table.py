@@ -63,7 +63,10 @@ def _intro(exp: Experiment, result: Result) -> list[Block]:
         Para(
             f"Every trained system starts from the same SFT student and the same {result.pairs.pairs} "
             f"pseudo-preference pairs; seeds {', '.join(map(str, settings.seeds))} (train.optim.seed). Systems: "
-            f"{described}. Dev split: {settings.dev_rows} rows, greedy outputs, ROUGE F1 (x100) against the human "
+            f"{described}. "
+            + (f"Scored on the tuning slice, not dev: {settings.dev_rows} labeled rows of the data file outside every "
+               "split (none trained on, none dev)" if exp.tune_rows else f"Dev split: {settings.dev_rows} rows")
+            + ", greedy outputs, ROUGE F1 (x100) against the human "
             "references. A trained system's numbers are its per-row metrics averaged over seeds; brackets are 95% "
             f"bootstrap CIs over dev rows ({settings.n_resamples} resamples); Δ vs SFT is the paired per-row "
             "difference with its two-sided paired-bootstrap p-value, its n and its MDE, the smallest true difference "
@@ -180,9 +183,11 @@ def _training_section(result: Result) -> list[Block]:
 
 def _tuning_section(exp: Experiment) -> list[Block]:
     t = exp.tuning
-    blocks: list[Block] = [Heading("Tuning (dev only)"), Para(
-        (f"Grid for {t.system}: " + "; ".join(f"{k} ∈ {v}" for k, v in t.grid.items()) + "."
-         + " Its results are the tuning table's own artifact (`plad table --tune`)." if t.grid else "No grid.")
+    blocks: list[Block] = [Heading("Tuning"), Para(
+        (f"Grid for {', '.join(dict.fromkeys(x for x in [t.system, *t.systems] if x))}, each over every point: "
+         + "; ".join(f"{k} ∈ {v}" for k, v in t.grid.items())
+         + f". `plad table --tune` scores the points on {t.rows} labeled rows outside every split, never on dev; "
+           "its results are the tuning table's own artifact." if t.grid else "No grid.")
         + (f" Chosen: {', '.join(f'{k}={v}' for k, v in t.chosen.items())}." if t.chosen else ""))]
     return blocks
 

@@ -157,8 +157,11 @@ def _scale_paragraph(result: Result) -> str:
     settings = result.settings
     return (
         f"Scale: {settings.dev_rows} dev rows, {result.pairs.pairs} pairs, {len(settings.seeds)} seed(s); CIs are "
-        "over dev rows and hold the row sampling, not the seed-to-seed spread (see Per seed). Any tuning was done "
-        "on this dev split, so a tuned system's dev numbers are optimistic."
+        "over dev rows and hold the row sampling, not the seed-to-seed spread (see Per seed). "
+        + ("These are the tuning slice's rows (labeled, outside every split), where the grid's values are chosen."
+           if (getattr(result, "experiment", None) or {}).get("tune_rows") else
+           "Nothing is chosen on these dev rows: `plad table --tune` scores its grid on a labeled slice outside every "
+           "split, and values set by hand in the experiment file say there how they were chosen.")
         + (" The judge is the embedded SmolLM2-135M teacher, a weak judge: its win rates are not evidence of quality."
            if settings.judge and str(settings.judge.model).startswith("embedded:") else "")
         + (" " + validity_text(result.judge.get("validity"), settings.judge.task) if result.judge and settings.judge
