@@ -119,8 +119,12 @@ def _results_section(metrics: dict[str, Any]) -> Sections:
 
 
 def _paired_section(metrics: dict[str, Any]) -> Sections:
+    """PLaD vs SFT; nothing for a ``plad eval`` of other models (metrics with ``paired_vs_baseline`` and no
+    PLaD-SFT pair), whose report compares each model with its baseline instead."""
     n_resamples = metrics["settings"]["n_resamples"]
     paired = metrics["paired"].get("plad_vs_sft")
+    if not paired and "paired_vs_baseline" in metrics:
+        return [], []
     paired_line = _paired_sentence(paired, n_resamples)
     report: list[Block] = [Heading("PLaD vs SFT (paired bootstrap)"), Para(
         "Per-row ROUGE-L differences on the same dev rows, resampled together; the p-value is two-sided "

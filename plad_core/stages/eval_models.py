@@ -4,7 +4,7 @@ judge and report, without training: how a user scores a student on a held-out te
 The file becomes an ``eval_data`` artifact (``eval_inputs.run_eval_data``: every row in the dev
 split), so evaluate's machinery runs on it unchanged: ``run_dev_outputs`` for the teacher and model
 artifacts, ``run_model_outputs`` (its twin for a folder or hub model) otherwise, ``run_judgments``,
-``evaluate._metrics`` and the evaluation report. The result is an ``eval`` artifact keyed by the
+``evaluate.stage_metrics`` and the evaluation report. The result is an ``eval`` artifact keyed by the
 file's content, each model's outputs and the eval settings.
 """
 
@@ -32,10 +32,10 @@ from plad_core.stages.eval_inputs import (
 )
 from plad_core.stages.evaluate import (
     SAMPLE_COLUMNS,
-    _metrics,
-    _summary_stats,
     dev_teacher_identity,
     run_judgments,
+    stage_metrics,
+    summary_stats,
 )
 from plad_core.stages.inputs import dev_frames, read_split
 from plad_core.stages.keys import judge_identity, keyed_slice
@@ -65,17 +65,10 @@ def _paired_blocks(paired: dict[str, Any], baseline: str, n_resamples: int) -> l
             Table(["model − baseline", "ROUGE-L difference [95% CI]", "p", "n", "CI excludes 0"], rows)]
 
 
-def _placed(blocks: list[Any], paired: list[Any], pipeline_pair: bool) -> list[Any]:
-    """``blocks`` with ``paired`` after the first table (the results), and without evaluate's PLaD-vs-SFT
-    section when ``pipeline_pair`` is False (it would only say that the two systems are missing)."""
-    kept, skipping = [], False
-    for block in blocks:
-        if isinstance(block, Heading):
-            skipping = not pipeline_pair and block.text.startswith("PLaD vs SFT")
-        if not skipping and not (not pipeline_pair and isinstance(block, Para) and block.text.startswith("PLaD vs SFT")):
-            kept.append(block)
-    at = next((i + 1 for i, b in enumerate(kept) if isinstance(b, Table)), len(kept))
-    return [*kept[:at], *paired, *kept[at:]]
+def _placed(blocks: list[Any], paired: list[Any]) -> list[Any]:
+    """``blocks`` with ``paired`` after the first table (the results)."""
+    at = next((i + 1 for i, b in enumerate(blocks) if isinstance(b, Table)), len(blocks))
+    return [*blocks[:at], *paired, *blocks[at:]]
 
 
 def _write(out: Path, cfg: DictConfig, metrics: dict[str, Any], generations: pd.DataFrame, samples: pd.DataFrame,
@@ -86,9 +79,8 @@ def _write(out: Path, cfg: DictConfig, metrics: dict[str, Any], generations: pd.
     blocks, summary = report.build_blocks(metrics, generations, references, None, provenance, title,
                                           cfg.eval.report_examples)
     paired = _paired_blocks(metrics["paired_vs_baseline"], metrics["baseline"], cfg.eval.n_resamples)
-    pipeline_pair = metrics["paired"].get("plad_vs_sft") is not None
-    write_pages(out, _placed(blocks, paired, pipeline_pair), title)
-    (out / "results.md").write_text(render_markdown(_placed(summary, paired, pipeline_pair)))
+    write_pages(out, _placed(blocks, paired), title)
+    (out / "results.md").write_text(render_markdown(_placed(summary, paired)))
 
 
 def _collect(outputs: dict[str, Artifact]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
@@ -138,7 +130,7 @@ def run_eval_models(cfg: DictConfig, store: ArtifactStore, path: str, specs: lis
             judgments.to_parquet(out / "judgments.parquet", index=False)
             seconds["judge"] = judged.manifest["stats"]["seconds"]
         started = time.perf_counter()
-        metrics = _metrics(cfg, generations, dev, samples, judgments, k, seconds)
+        metrics = stage_metrics(cfg, generations, dev, samples, judgments, k, seconds)
         metrics["baseline"] = baseline
         metrics["paired_vs_baseline"] = paired_vs_baseline(generations, baseline, cfg.eval.n_resamples, cfg.eval.seed)
         keys = {"eval": key, "eval_data": data.key, **data.manifest["upstream"],
@@ -147,7 +139,7 @@ def run_eval_models(cfg: DictConfig, store: ArtifactStore, path: str, specs: lis
         provenance = {"keys": keys, "config": config, "report_path": str(store.path("eval", key) / "report.html")}
         _write(out, cfg, metrics, generations, samples, dev, provenance, title)
         seconds["metrics_and_report"] = time.perf_counter() - started
-        return {**_summary_stats(metrics, len(dev), seconds), "paired_vs_baseline": metrics["paired_vs_baseline"],
+        return {**summary_stats(metrics, len(dev), seconds), "paired_vs_baseline": metrics["paired_vs_baseline"],
                 "source": path}
 
     return store.materialize("eval", code, config, {data.stage: data.key}, build, force)

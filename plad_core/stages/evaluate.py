@@ -196,7 +196,7 @@ def _judge(cfg: DictConfig, store: ArtifactStore, data: Artifact, outputs: dict[
     return judged
 
 
-def _metrics(cfg: DictConfig, generations: pd.DataFrame, dev: pd.DataFrame, samples: pd.DataFrame,
+def stage_metrics(cfg: DictConfig, generations: pd.DataFrame, dev: pd.DataFrame, samples: pd.DataFrame,
              judgments: pd.DataFrame | None, k: int, seconds: dict[str, float]) -> dict[str, Any]:
     """``evaluate.evaluation_metrics`` with the calibration sampling and judge settings."""
     e = cfg.eval
@@ -235,7 +235,7 @@ def _write_outputs(out: Path, cfg: DictConfig, metrics: dict[str, Any], generati
     (out / "results.md").write_text(summary)
 
 
-def _summary_stats(metrics: dict[str, Any], dev_rows: int, seconds: dict[str, float]) -> dict[str, Any]:
+def summary_stats(metrics: dict[str, Any], dev_rows: int, seconds: dict[str, float]) -> dict[str, Any]:
     """The evaluate manifest's stats: the headline metrics, calibration, judge win rates and timings."""
     judge = metrics["judge"]
     return {"metrics": metrics["systems"], "paired": metrics["paired"],
@@ -283,12 +283,12 @@ def run_evaluate(cfg: DictConfig, store: ArtifactStore, data: Artifact, sft: Art
             seconds["judge"] = judged.manifest["stats"]["seconds"]  # here or by an earlier run, as the dev outputs
         steps.report("metrics and report")
         started = time.perf_counter()
-        metrics = _metrics(cfg, generations, dev, samples, judgments, k, seconds)
+        metrics = stage_metrics(cfg, generations, dev, samples, judgments, k, seconds)
         metrics["curation"] = curation_stats(store, calibrated)  # the report's pair-curation section
         _write_outputs(out, cfg, metrics, generations, samples, dev, calibrated,
                        _provenance(store, key, config, upstream, outputs, judged))
         seconds["metrics_and_report"] = time.perf_counter() - started
         steps.done()
-        return _summary_stats(metrics, len(dev), seconds)
+        return summary_stats(metrics, len(dev), seconds)
 
     return materialize(store, "evaluate", config, upstream, build, force)

@@ -74,7 +74,9 @@ def test_two_local_folders_are_scored_on_every_row_and_the_second_run_reuses_it(
     paired = metrics["paired_vs_baseline"]["tiny_vs_smol"]
     difference = 100 * sum(per_row["tiny"][i] - per_row["smol"][i] for i in references) / len(references)
     assert paired["n"] == len(references) and paired["difference"] == pytest.approx(difference, abs=0.006)
-    assert (folder / "report.html").is_file() and "tiny − smol" in (folder / "report.md").read_text()
+    report_md = (folder / "report.md").read_text()
+    assert (folder / "report.html").is_file() and "tiny − smol" in report_md
+    assert "PLaD vs SFT" not in report_md + (folder / "results.md").read_text()  # no PLaD here: no such section
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["config"]["models"]["tiny"]["outputs"].startswith("eval_outputs/")
 
