@@ -108,12 +108,12 @@ def pair_quality(pairs: pd.DataFrame, n_resamples: int, seed: int) -> PairQualit
         p_value=round(compared.p_value, 4), mde=None if mde is None else round(100 * mde, 2))
 
 
-def built_pairs(pairs: Artifact) -> Optional[pd.DataFrame]:
-    """The pairs before curation: a curate_pairs artifact's kept pairs with the ones it dropped (its
-    ``dropped.parquet``, whatever the reason); None for pairs that no curate_pairs stage produced."""
+def built_pairs(pairs: Artifact, kept: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """The pairs before curation: ``kept`` (a curate_pairs artifact's pairs.parquet) followed by the ones
+    it dropped (its ``dropped.parquet``, whatever the reason); None for pairs no curate_pairs stage produced."""
     if pairs.stage != "curate_pairs":
         return None
-    kept, dropped = pd.read_parquet(pairs.file("pairs.parquet")), pd.read_parquet(pairs.file("dropped.parquet"))
+    dropped = pd.read_parquet(pairs.file("dropped.parquet"))
     return pd.concat([kept, dropped[kept.columns]], ignore_index=True) if len(dropped) else kept
 
 
@@ -214,12 +214,12 @@ def _length_buckets(per_system: dict[str, Any]) -> dict[str, Any]:
 
 def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: Artifact, before: Artifact,
                   outputs: dict[str, Artifact], runs: list[Run], judged: Optional[Artifact],
-                  scored: Optional[Artifact] = None) -> TableResults:
+                  evaluated: Optional[Artifact] = None) -> TableResults:
     """table.json: per system (seed-mean rows), per run (per seed), comparisons, pairs and judge. The
-    outputs are of ``scored``'s dev split (a tuning table's ``tune_data``), ``data``'s by default."""
+    outputs are of ``evaluated``'s dev split (a tuning table's ``tune_data``), ``data``'s by default."""
     e = cfg.eval
     n, rs = e.n_resamples, e.seed
-    dev = read_split(scored or data, "dev")[["id", "reference"]]
+    dev = read_split(evaluated or data, "dev")[["id", "reference"]]
     frames = {label: dev_frames(a, label) for label, a in outputs.items()}
     generations = pd.concat([g for g, _ in frames.values()], ignore_index=True)
     members = {"teacher": ["teacher"], "sft": ["sft"],
@@ -234,9 +234,11 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
     calibration = {label: evaluate_likelihood_quality(samples, e.calibration_bins, n, rs, with_bins=False)
                    for label, (_, samples) in frames.items() if samples is not None and len(samples)}
 
-    scored = with_row_references(pd.read_parquet(pairs.file("pairs.parquet")), data).merge(
+    kept = pd.read_parquet(pairs.file("pairs.parquet"))
+    built = built_pairs(pairs, kept)
+    referenced = with_row_references(kept if built is None else built, data)  # kept pairs first
+    scored = referenced.iloc[:len(kept)].merge(
         pd.read_parquet(before.file("scores.parquet")), on=["id", "sample_index"], how="left", validate="one_to_one")
-    built = built_pairs(pairs)
     run_rows = []
     for r in runs:
         held_out = split_held_out(scored, r.cfg.train.eval_fraction, r.cfg.train.eval_max_pairs, r.cfg.train.optim.seed)[1]
@@ -257,4 +259,4 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
         pairs=dataclasses.replace(pair_quality(scored, n, rs), sft_pair_accuracy=pair_accuracy(scored)),
         judge=None if judgments is None else {k: v for k, v in win_rates(judgments, n, rs).items() if k != "vs"},
         curation=pairs.manifest.get("stats") if pairs.stage == "curate_pairs" else None,
-        pairs_built=None if built is None else pair_quality(with_row_references(built, data), n, rs))
+        pairs_built=None if built is None else pair_quality(referenced, n, rs))

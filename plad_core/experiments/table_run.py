@@ -75,7 +75,8 @@ def run_table(exp: TableExperiment, extra: Optional[list[str]] = None, step: Tab
     judged = step("judgments", base, store, scored, outputs, label="judgments") if base.eval.judge.enabled else None
 
     config = {"experiment": asdict(exp), "extra": extra, "eval": keyed_slice(base, ["eval"])["eval"]}
-    upstream = {**({"tune_data": scored.key} if exp.tune_rows else {}), "build_pairs": shared["build_pairs"].key, "curate_pairs": pairs.key, "score_pairs (SFT log-probs)": before.key,
+    upstream = {**({"tune_data": scored.key} if exp.tune_rows else {}), "build_pairs": shared["build_pairs"].key,
+                "curate_pairs": pairs.key, "score_pairs (SFT log-probs)": before.key,
                 **{f"dev_outputs {n}": a.key for n, a in outputs.items()},
                 **{f"calibrate {r.label}": r.calibrated.key for r in runs},
                 **({"judgments": judged.key} if judged else {})}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from omegaconf import DictConfig
@@ -14,7 +15,6 @@ from omegaconf import DictConfig
 from plad_core import data as data_lib
 from plad_core.artifacts import Artifact, ArtifactStore
 from plad_core.stages import code_version
-from plad_core.stages.inputs import read_split
 
 
 def unused_rows(rows: list[dict[str, Any]], used: set[str], n: int, salt: str, source: str) -> list[dict[str, Any]]:
@@ -29,11 +29,6 @@ def unused_rows(rows: list[dict[str, Any]], used: set[str], n: int, salt: str, s
     return [rows[i] for _, i in free[:n]]
 
 
-def split_ids(data: Artifact) -> list[str]:
-    """Every row id of a prepare_data artifact, whatever its split."""
-    return pq.read_table(data.file("rows.parquet"), columns=["id"]).column("id").to_pylist()
-
-
 def run_tune_data(cfg: DictConfig, store: ArtifactStore, data: Artifact, rows: int, force: bool = False) -> Artifact:
     """``rows`` rows of ``data.path`` in none of ``data``'s splits (``unused_rows``) as a prepare_data-shaped
     artifact: those rows in its dev split, so dev_outputs and the table read them as they read dev, and
@@ -43,12 +38,12 @@ def run_tune_data(cfg: DictConfig, store: ArtifactStore, data: Artifact, rows: i
 
     def build(out: Path, work: Path) -> dict[str, Any]:
         loaded = data_lib.load_rows(path, cfg.data.format, task)
-        split = read_split(data, "labeled")
-        used = set(split_ids(data))
+        split = pd.read_parquet(data.file("rows.parquet"))  # every split's rows: all are off the slice
+        labeled, used = split[split["split"] == "labeled"], set(split["id"])
         tune = unused_rows(loaded.rows, used, rows, cfg.data.split_salt, path)
-        records = [{**r, "split": "dev"} for r in tune] + split.to_dict("records")
+        records = [{**r, "split": "dev"} for r in tune] + labeled.to_dict("records")
         pq.write_table(pa.Table.from_pylist(records, schema=data_lib.rows_schema(task)), out / "rows.parquet")
-        return {"rows": {"dev": len(tune), "labeled": len(split)}, "source": path, "source_rows": len(loaded.rows),
+        return {"rows": {"dev": len(tune), "labeled": len(labeled)}, "source": path, "source_rows": len(loaded.rows),
                 "outside_splits": len(loaded.rows) - len(used)}
 
     return store.materialize("tune_data", code_version.module_fingerprint(__name__), {"data.task": task, "rows": rows},
