@@ -139,7 +139,7 @@ class TeacherConfig:
 
 @dataclass
 class HealConfig:
-    steps: int = _f(32, ge=0)
+    steps: int = _f(96, ge=0)
     batch_size: int = _f(4, ge=1)
     seq_len: int = _f(256, ge=1)
     lr: float = _f(1e-3, gt=0)
