@@ -111,9 +111,31 @@ def test_tuning_gives_every_tuned_system_the_same_grid_and_chooses_for_each_apar
     scores = {"P lr=1e-05": 11.0, "P lr=3e-05": 12.0, "SeqKD lr=1e-05": 14.0, "SeqKD lr=3e-05": 13.0}
     assert tuning_choice(exp, scores) == {"P": ("P lr=3e-05", {"train.optim.lr": 3e-5}),
                                           "SeqKD": ("SeqKD lr=1e-05", {"train.optim.lr": 1e-5})}
-    with pytest.raises(ConfigError, match=r"exp: tuning.system/tuning.systems \['KD'\] must name systems"):
+    with pytest.raises(ConfigError, match=r"exp: tuning.system/tuning.systems/tuning.grids \['KD'\] must name systems"):
         check_experiment(dataclasses.replace(exp, tuning=Tuning(system="P", systems=["KD"], grid={"train.beta": [1]})),
                          "exp")
+
+
+def test_a_baseline_can_be_tuned_on_its_own_lever_with_as_many_points_as_plad():
+    exp = check_experiment(TableExperiment(
+        systems=[TableSystem("SeqKD", ["train.loss=seqkd"]), TableSystem("P", ["train.loss=ranking"])],
+        tuning=Tuning(system="P", grid={"train.nll_weight": [0.0, 1.0]},
+                      grids={"SeqKD": {"train.optim.lr": [1e-5, 3e-5]}}, rows=40)), "exp")
+    assert [(s.name, s.overrides) for s in tuning_experiment(exp).systems] == [
+        ("P nll_weight=0.0", ["train.loss=ranking", "train.nll_weight=0.0"]),
+        ("P nll_weight=1.0", ["train.loss=ranking", "train.nll_weight=1.0"]),
+        ("SeqKD lr=1e-05", ["train.loss=seqkd", "train.optim.lr=1e-05"]),
+        ("SeqKD lr=3e-05", ["train.loss=seqkd", "train.optim.lr=3e-05"])]
+    scores = {"P nll_weight=0.0": 9.0, "P nll_weight=1.0": 12.0, "SeqKD lr=1e-05": 11.0, "SeqKD lr=3e-05": 11.5}
+    assert tuning_choice(exp, scores) == {"P": ("P nll_weight=1.0", {"train.nll_weight": 1.0}),
+                                          "SeqKD": ("SeqKD lr=3e-05", {"train.optim.lr": 3e-5})}
+    three = Tuning(system="P", grid={"train.nll_weight": [0.0, 0.5, 1.0]},
+                   grids={"SeqKD": {"train.optim.lr": [1e-5, 3e-5]}})
+    with pytest.raises(ConfigError, match=r"exp: tuning grids of different sizes \{'P': 3, 'SeqKD': 2\}"):
+        check_experiment(dataclasses.replace(exp, tuning=three), "exp")
+    with pytest.raises(ConfigError, match=r"exp: tuning.grids.SeqKD keys \['eval.dtype'\] must be train"):
+        check_experiment(dataclasses.replace(exp, tuning=Tuning(system="P", grid={"train.beta": [1.0]},
+                                                                grids={"SeqKD": {"eval.dtype": ["float32"]}})), "exp")
 
 
 def test_the_tuning_slice_is_the_files_rows_in_no_split_smallest_hash_first(tmp_path):

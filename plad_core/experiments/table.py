@@ -57,6 +57,9 @@ class Tuning:
     system: str = ""                                        # a tuned system: its overrides, then each grid point's
     systems: list[str] = field(default_factory=list)        # more tuned systems, each over the same grid (same budget)
     grid: dict[str, list[Any]] = field(default_factory=dict)  # train.* key -> values (every combination runs)
+    # A tuned system's own grid in place of ``grid`` (a baseline tuned on its own lever, e.g. SeqKD's lr where
+    # PLaD's is nll_weight); every tuned system's grid has the same number of points: the same budget.
+    grids: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
     seed: int = 0
     rows: int = 128                                         # the tuning slice: rows of data.path in no split
     chosen: dict[str, Any] = field(default_factory=dict)     # the values copied into the systems' overrides
@@ -91,15 +94,24 @@ def check_experiment(exp: TableExperiment, where: str) -> TableExperiment:
                                   "training, so each override is train.<key>=<value> (not train.optim.seed: "
                                   "that is the experiment's seeds); put others in the experiment's overrides")
     t = exp.tuning
-    if t.grid:
+    if t.grid or t.grids:
         unknown = [s for s in tuned_systems(t) if s not in names]
         if unknown or not tuned_systems(t):
-            raise ConfigError(f"{where}: tuning.system/tuning.systems {unknown or '(none)'} must name systems of {names}")
+            raise ConfigError(f"{where}: tuning.system/tuning.systems/tuning.grids {unknown or '(none)'} must name "
+                              f"systems of {names}")
         if t.rows < 1:
             raise ConfigError(f"{where}: tuning.rows {t.rows} must be at least 1 (the tuning slice's rows)")
-        bad = [k for k, v in t.grid.items() if not k.startswith("train.") or k == "train.optim.seed" or not v]
-        if bad:
-            raise ConfigError(f"{where}: tuning.grid keys {bad} must be train.* keys (not the seed) with values")
+        for system in tuned_systems(t):
+            path = f"tuning.grids.{system}" if system in t.grids else "tuning.grid"
+            grid = system_grid(t, system)
+            bad = [k for k, v in grid.items() if not k.startswith("train.") or k == "train.optim.seed" or not v]
+            if bad or not grid:
+                raise ConfigError(f"{where}: {path} keys {bad} must be train.* keys (not the seed) with values "
+                                  f"(tuned system {system})")
+        sizes = {s: len(grid_points(t, s)) for s in tuned_systems(t)}
+        if len(set(sizes.values())) > 1:
+            raise ConfigError(f"{where}: tuning grids of different sizes {sizes}: every tuned system gets the same "
+                              "number of points (the same tuning budget)")
     return exp
 
 
@@ -115,41 +127,46 @@ def run_overrides(exp: TableExperiment, system: TableSystem, seed: int, extra: O
 
 
 def tuned_systems(tuning: Tuning) -> list[str]:
-    """The systems the grid tunes: ``tuning.system`` then ``tuning.systems``, each once."""
-    return list(dict.fromkeys([*([tuning.system] if tuning.system else []), *tuning.systems]))
+    """The systems the grid tunes: ``tuning.system``, ``tuning.systems``, then those of ``tuning.grids``, each once."""
+    return list(dict.fromkeys([*([tuning.system] if tuning.system else []), *tuning.systems, *tuning.grids]))
+
+
+def system_grid(tuning: Tuning, system: str) -> dict[str, list[Any]]:
+    """A tuned system's grid: its own in ``tuning.grids``, else the shared ``tuning.grid``."""
+    return dict(tuning.grids.get(system, tuning.grid))
 
 
 def _point_label(keys: list[str], values: tuple[Any, ...]) -> str:
     return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values))
 
 
-def grid_points(tuning: Tuning) -> dict[str, dict[str, Any]]:
-    """Each grid point's label -> its values, in grid order."""
-    keys = list(tuning.grid)
-    return {_point_label(keys, values): dict(zip(keys, values))
-            for values in itertools.product(*(tuning.grid[k] for k in keys))}
+def grid_points(tuning: Tuning, system: str = "") -> dict[str, dict[str, Any]]:
+    """Each grid point's label -> its values, in grid order, of ``system``'s grid (the shared one by default)."""
+    grid = system_grid(tuning, system)
+    keys = list(grid)
+    return {_point_label(keys, values): dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))}
 
 
 def tuning_runs(tuning: Tuning) -> dict[str, tuple[str, str]]:
     """Each tuning-table system name -> (tuned system, grid point label): the point's label alone when one
     system is tuned, "<system> <label>" when several are."""
-    systems, points = tuned_systems(tuning), grid_points(tuning)
+    systems = tuned_systems(tuning)
     return {(label if len(systems) == 1 else f"{system} {label}"): (system, label)
-            for system in systems for label in points}
+            for system in systems for label in grid_points(tuning, system)}
 
 
 def tuning_choice(exp: TableExperiment, rouge_l: dict[str, float]) -> dict[str, tuple[str, dict[str, Any]]]:
     """Per tuned system, the grid point with the highest ROUGE-L on the tuning slice in a tuning artifact's
     ``rouge_l`` (its manifest's stats ``rougeL``: tuning-table system -> ROUGE-L), and its values: what to
     copy into that system's overrides."""
-    runs, points = tuning_runs(exp.tuning), grid_points(exp.tuning)
+    runs = tuning_runs(exp.tuning)
     missing = sorted(set(runs) - set(rouge_l))
     if missing:
         raise ValueError(f"experiment {exp.name}: the tuning artifact has no ROUGE-L for grid points {missing}")
     out = {}
     for system in tuned_systems(exp.tuning):
         best = max((name for name, (s, _) in runs.items() if s == system), key=lambda name: rouge_l[name])
-        out[system] = (best, points[runs[best][1]])
+        out[system] = (best, grid_points(exp.tuning, system)[runs[best][1]])
     return out
 
 
@@ -158,11 +175,11 @@ def tuning_experiment(exp: TableExperiment) -> TableExperiment:
     system's overrides, then the point's), ``tuning.seed`` only, without calibration sampling or judge,
     evaluated on the tuning slice of ``tuning.rows`` labeled rows outside every split (ROUGE-L decides)."""
     t = exp.tuning
-    if not t.grid:
+    if not (t.grid or t.grids):
         raise ConfigError(f"experiment {exp.name}: no tuning.grid to run")
     by_name = {s.name: s for s in exp.systems}
-    points = grid_points(t)
-    systems = [TableSystem(name, [*by_name[system].overrides, *(f"{k}={v}" for k, v in points[label].items())])
+    systems = [TableSystem(name, [*by_name[system].overrides,
+                                  *(f"{k}={v}" for k, v in grid_points(t, system)[label].items())])
                for name, (system, label) in tuning_runs(t).items()]
     return check_experiment(TableExperiment(
         name=f"{exp.name}_tuning", config=exp.config, seeds=[t.seed], systems=systems, tune_rows=t.rows,

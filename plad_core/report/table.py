@@ -183,11 +183,13 @@ def _training_section(result: Result) -> list[Block]:
 
 def _tuning_section(exp: Experiment) -> list[Block]:
     t = exp.tuning
+    tuned = list(dict.fromkeys(x for x in [t.system, *t.systems, *t.grids] if x))
+    grids = "; ".join(f"{system}: " + ", ".join(f"{k} ∈ {v}" for k, v in t.grids.get(system, t.grid).items())
+                      for system in tuned)
     blocks: list[Block] = [Heading("Tuning"), Para(
-        (f"Grid for {', '.join(dict.fromkeys(x for x in [t.system, *t.systems] if x))}, each over every point: "
-         + "; ".join(f"{k} ∈ {v}" for k, v in t.grid.items())
-         + f". `plad table --tune` scores the points on {t.rows} labeled rows outside every split, never on dev; "
-           "its results are the tuning table's own artifact." if t.grid else "No grid.")
+        (f"Grids, each system over every point of its own (the same number of points each): {grids}. "
+         f"`plad table --tune` scores the points on {t.rows} labeled rows outside every split, never on dev; "
+         "its results are the tuning table's own artifact." if (t.grid or t.grids) else "No grid.")
         + (f" Chosen: {', '.join(f'{k}={v}' for k, v in t.chosen.items())}." if t.chosen else ""))]
     return blocks
 
