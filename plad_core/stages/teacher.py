@@ -160,9 +160,15 @@ def teacher_model_spec(cfg: DictConfig, store: ArtifactStore, data: Artifact) ->
     """The local teacher for a stage that loads it without the sft_teacher artifact in hand (sampling on
     Dask, the teacher's dev outputs, its log-probs): the sft_teacher artifact of ``data`` looked up in
     ``store``. It is upstream of sample_teacher, so every later stage finds it built; a lookup, not a
-    build, so the code of those stages does not reach the trainer (``code_version``)."""
+    build, so the code of those stages does not reach the trainer (``code_version``). For a tune_data
+    artifact (a tuning table's rows), the one of its source prepare_data artifact."""
     if not teacher_sft_enabled(cfg):
         return local_teacher(cfg, None)
+    if data.stage == "tune_data":  # a tuning slice: the teacher is the one tuned on its source's labeled split
+        source = data.manifest["upstream"]["prepare_data"]
+        data = store.get("prepare_data", source)
+        if data is None:
+            raise FileNotFoundError(f"the tuning slice's prepare_data artifact {source} is not in {store.root}")
     key = stage_key("sft_teacher", sft_teacher_config(cfg), [data])
     tuned = store.get("sft_teacher", key)
     if tuned is None:

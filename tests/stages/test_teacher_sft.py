@@ -195,3 +195,16 @@ def test_the_pairs_teacher_follows_the_samples_and_a_config_with_it_loads_the_tu
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), saved.state_dict().values()))
     off = load_config("tldr", tiny_overrides(store.root.parent, cfg.teacher.model))
     assert with_teacher(off, local_teacher(off, None)) is off
+
+
+def test_a_tuning_slice_is_scored_by_the_teacher_tuned_on_its_source_split(tuned):
+    cfg, store, data, artifact = tuned
+    from plad_core.stages.evaluate import run_dev_outputs
+    from plad_core.stages.tune_data import run_tune_data
+    tune = run_tune_data(cfg, store, data, 2)
+    assert teacher_model_spec(cfg, store, tune).tuned.key == artifact.key  # not a teacher keyed by the slice
+    outputs = run_dev_outputs(cfg, store, tune)
+    assert outputs.manifest["config"]["teacher"] == {"sft_teacher": artifact.key}
+    assert outputs.manifest["upstream"] == {"tune_data": tune.key}
+    assert set(pd.read_parquet(outputs.file("generations.parquet"))["id"]) == set(read_split(tune, "dev")["id"])
+    assert [p.name for p in (store.root / "sft_teacher").iterdir() if not p.name.startswith(".")] == [artifact.key]
