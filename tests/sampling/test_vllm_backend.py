@@ -56,8 +56,11 @@ def _teacher_key(folder: Path, backend: str) -> dict:
 
 
 def _compile_sampling(folder: Path, backend: str, setting: str) -> stage_sampling._Sampling:
+    # dtype pinned: auto resolves per device (bf16 on an AVX512-BF16 CPU, float32 on a GPU the test only
+    # pretends to have), and only compile may differ between the keys compared here
     return stage_sampling._sampling(load_config("base", [f"teacher.model={folder}", f"teacher.sampling.backend={backend}",
-                                                 f"teacher.sampling.compile={setting}"]), "sample_teacher", None)
+                                                 f"teacher.sampling.compile={setting}",
+                                                 "teacher.sampling.dtype=float32"]), "sample_teacher", None)
 
 
 def test_auto_is_keyed_by_the_backend_it_resolves_to(monkeypatch, tmp_path):
