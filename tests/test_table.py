@@ -289,6 +289,13 @@ def test_table_has_every_system_and_seed_with_sft_and_teacher_outputs_built_once
     difference = (plad["rougeL"] - sft.set_index("id")["rougeL"]).mean()
     assert result["systems"]["PLaD-ranking"]["vs_sft"]["difference"] == pytest.approx(100 * difference, abs=0.01)
     assert [(c["a"], c["b"]) for c in result["comparisons"]] == [("PLaD-ranking", "SeqKD")]
+    # ROUGE-1 and ROUGE-2 are paired the same way, against SFT and against each baseline
+    seqkd = pd.concat([frames["SeqKD@0"], frames["SeqKD@1"]]).groupby("id")[["rouge1", "rouge2"]].mean()
+    plad2 = pd.concat([frames["PLaD-ranking@0"], frames["PLaD-ranking@1"]]).groupby("id")[["rouge1", "rouge2"]].mean()
+    assert result["systems"]["PLaD-ranking"]["vs_sft_by_metric"]["rouge2"]["difference"] == pytest.approx(
+        100 * (plad2["rouge2"] - sft.set_index("id")["rouge2"]).mean(), abs=0.01)
+    assert result["comparisons"][0]["by_metric"]["rouge1"]["difference"] == pytest.approx(
+        100 * (plad2["rouge1"] - seqkd["rouge1"]).mean(), abs=0.01)
 
 
 @pytest.mark.slow
@@ -328,6 +335,9 @@ def test_table_judges_calibrates_and_reads_training_and_pairs(tiny_table):
     shares = [repeated_ngram_share(text) for seed in (0, 1) for text in pd.read_parquet(
         store.path("dev_outputs", result["keys"][f"dev_outputs SeqKD@{seed}"]) / "generations.parquet")["text"]]
     assert result["systems"]["SeqKD"]["repeated_trigrams"] == pytest.approx(100 * sum(shares) / len(shares), abs=0.05)
+    threshold = result["settings"]["loop_threshold"]
+    assert result["systems"]["SeqKD"]["looping_outputs"] == pytest.approx(
+        100 * sum(x > threshold for x in shares) / len(shares), abs=0.05)
     report = (folder / "report.md").read_text()
     assert "## Discussion" in report and "Is the teacher's output really better?" in report
     assert "Length and repetition" in report

@@ -64,6 +64,14 @@ class Tuning:
     rows: int = 128                                         # the tuning slice: rows of data.path in no split
     chosen: dict[str, Any] = field(default_factory=dict)     # the values copied into the systems' overrides
 
+    def tuned_systems(self) -> list[str]:
+        """The systems the grid tunes: ``system``, ``systems``, then those of ``grids``, each once."""
+        return list(dict.fromkeys([*([self.system] if self.system else []), *self.systems, *self.grids]))
+
+    def system_grid(self, system: str) -> dict[str, list[Any]]:
+        """A tuned system's grid: its own in ``grids``, else the shared ``grid``."""
+        return dict(self.grids.get(system, self.grid))
+
 
 @dataclass
 class TableExperiment:
@@ -95,20 +103,20 @@ def check_experiment(exp: TableExperiment, where: str) -> TableExperiment:
                                   "that is the experiment's seeds); put others in the experiment's overrides")
     t = exp.tuning
     if t.grid or t.grids:
-        unknown = [s for s in tuned_systems(t) if s not in names]
-        if unknown or not tuned_systems(t):
+        unknown = [s for s in t.tuned_systems() if s not in names]
+        if unknown or not t.tuned_systems():
             raise ConfigError(f"{where}: tuning.system/tuning.systems/tuning.grids {unknown or '(none)'} must name "
                               f"systems of {names}")
         if t.rows < 1:
             raise ConfigError(f"{where}: tuning.rows {t.rows} must be at least 1 (the tuning slice's rows)")
-        for system in tuned_systems(t):
+        for system in t.tuned_systems():
             path = f"tuning.grids.{system}" if system in t.grids else "tuning.grid"
-            grid = system_grid(t, system)
+            grid = t.system_grid(system)
             bad = [k for k, v in grid.items() if not k.startswith("train.") or k == "train.optim.seed" or not v]
             if bad or not grid:
                 raise ConfigError(f"{where}: {path} keys {bad} must be train.* keys (not the seed) with values "
                                   f"(tuned system {system})")
-        sizes = {s: len(grid_points(t, s)) for s in tuned_systems(t)}
+        sizes = {s: len(grid_points(t, s)) for s in t.tuned_systems()}
         if len(set(sizes.values())) > 1:
             raise ConfigError(f"{where}: tuning grids of different sizes {sizes}: every tuned system gets the same "
                               "number of points (the same tuning budget)")
@@ -126,23 +134,13 @@ def run_overrides(exp: TableExperiment, system: TableSystem, seed: int, extra: O
     return [*exp.overrides, *(extra or []), *system.overrides, f"train.optim.seed={seed}"]
 
 
-def tuned_systems(tuning: Tuning) -> list[str]:
-    """The systems the grid tunes: ``tuning.system``, ``tuning.systems``, then those of ``tuning.grids``, each once."""
-    return list(dict.fromkeys([*([tuning.system] if tuning.system else []), *tuning.systems, *tuning.grids]))
-
-
-def system_grid(tuning: Tuning, system: str) -> dict[str, list[Any]]:
-    """A tuned system's grid: its own in ``tuning.grids``, else the shared ``tuning.grid``."""
-    return dict(tuning.grids.get(system, tuning.grid))
-
-
 def _point_label(keys: list[str], values: tuple[Any, ...]) -> str:
     return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(keys, values))
 
 
 def grid_points(tuning: Tuning, system: str = "") -> dict[str, dict[str, Any]]:
     """Each grid point's label -> its values, in grid order, of ``system``'s grid (the shared one by default)."""
-    grid = system_grid(tuning, system)
+    grid = tuning.system_grid(system)
     keys = list(grid)
     return {_point_label(keys, values): dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))}
 
@@ -150,7 +148,7 @@ def grid_points(tuning: Tuning, system: str = "") -> dict[str, dict[str, Any]]:
 def tuning_runs(tuning: Tuning) -> dict[str, tuple[str, str]]:
     """Each tuning-table system name -> (tuned system, grid point label): the point's label alone when one
     system is tuned, "<system> <label>" when several are."""
-    systems = tuned_systems(tuning)
+    systems = tuning.tuned_systems()
     return {(label if len(systems) == 1 else f"{system} {label}"): (system, label)
             for system in systems for label in grid_points(tuning, system)}
 
@@ -164,7 +162,7 @@ def tuning_choice(exp: TableExperiment, rouge_l: dict[str, float]) -> dict[str, 
     if missing:
         raise ValueError(f"experiment {exp.name}: the tuning artifact has no ROUGE-L for grid points {missing}")
     out = {}
-    for system in tuned_systems(exp.tuning):
+    for system in exp.tuning.tuned_systems():
         best = max((name for name, (s, _) in runs.items() if s == system), key=lambda name: rouge_l[name])
         out[system] = (best, grid_points(exp.tuning, system)[runs[best][1]])
     return out

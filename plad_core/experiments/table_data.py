@@ -96,6 +96,10 @@ class SystemRow:
     judge: dict[str, Metrics]
     calibration: Optional[SystemCalibration]
     training: Optional[SystemTraining] = _absent()
+    # ROUGE-1 and ROUGE-2 against the SFT student, as vs_sft is for ROUGE-L: a longer output can gain
+    # ROUGE-L F1 while it shares less content
+    vs_sft_by_metric: dict[str, Metrics] = field(default_factory=dict)
+    looping_outputs: Optional[float] = None  # % of outputs whose repeated 3-gram share is above the curation threshold
 
 
 @dataclass
@@ -137,6 +141,7 @@ class TableSettings:
     calibration_samples: int
     calibration_rows: int
     judge: Optional[JudgeSettings]
+    loop_threshold: Optional[float] = None  # pairs.curate.max_repeat_share: a dev output above it is a loop
 
 
 @dataclass
@@ -145,7 +150,7 @@ class TableResults:
     experiment: dict[str, Any]
     settings: TableSettings
     systems: dict[str, SystemRow]
-    comparisons: list[Metrics]  # a PLaD system against a baseline: {"a", "b", **paired_comparison}
+    comparisons: list[Metrics]  # PLaD against a baseline: {"a", "b", **ROUGE-L paired_comparison, "by_metric"}
     length_buckets: dict[str, Any]
     runs: list[RunRow]
     pairs: PairQuality

@@ -36,6 +36,18 @@ from plad_core.stats import bootstrap_ci, min_detectable_difference, paired_boot
 from plad_core.training.batches import split_held_out
 
 METRIC_COLUMNS = [*ROUGE_TYPES, "output_tokens"]
+OTHER_ROUGE = ("rouge1", "rouge2")  # compared beside ROUGE-L, the table's own metric
+
+
+def by_metric(a: pd.DataFrame, b: pd.DataFrame, n: int, rs: int) -> dict[str, Metrics]:
+    """ROUGE-1 and ROUGE-2 paired comparisons a − b (``paired_comparison``), beside ROUGE-L's."""
+    return {m: eval_lib.paired_comparison(a, b, m, n, rs) for m in OTHER_ROUGE}
+
+
+def looping_share(texts: pd.Series, threshold: float) -> float:
+    """Share (x100) of ``texts`` whose repeated word-3-gram share is above ``threshold``
+    (``pairs.curate.max_repeat_share``: where curation calls a teacher output a loop no human writes)."""
+    return round(100 * float((texts.map(eval_lib.repeated_ngram_share) > threshold).mean()), 1)
 
 
 # --- per-row numbers ---------------------------------------------------------------------------------
@@ -185,16 +197,18 @@ def _system_training(t: list[TrainingSummary]) -> SystemTraining:
 
 
 def _system_row(system: str, labels: list[str], loss: Optional[str], runs: list[RunRow], metrics: Metrics,
-                generations: pd.DataFrame, vs_sft: Optional[Metrics], judge: dict[str, Metrics],
-                calibration: dict[str, Metrics]) -> SystemRow:
+                generations: pd.DataFrame, vs_sft: Optional[tuple[Metrics, dict[str, Metrics]]],
+                judge: dict[str, Metrics], calibration: dict[str, Metrics], loop_threshold: float) -> SystemRow:
     mine = [row for row in runs if row.system == system]
     texts = generations.loc[generations["system"].isin(labels), "text"]
+    rouge_l, others = vs_sft or (None, {})
     return SystemRow(
         kind=system if system in FIXED else "trained", loss=loss, plad=loss in PLAD_LOSSES,
         seeds=[row.seed for row in mine], metrics=metrics,
         repeated_trigrams=round(100 * float(np.mean([eval_lib.repeated_ngram_share(t) for t in texts])), 1),
-        vs_sft=vs_sft, judge=judge, calibration=_system_calibration(labels, calibration),
-        training=_system_training([row.training for row in mine]) if mine else None)
+        vs_sft=rouge_l, judge=judge, calibration=_system_calibration(labels, calibration),
+        training=_system_training([row.training for row in mine]) if mine else None,
+        vs_sft_by_metric=others, looping_outputs=looping_share(texts, loop_threshold))
 
 
 def _settings(exp: TableExperiment, cfg: DictConfig, dev_rows: int, judgments: Optional[pd.DataFrame]) -> TableSettings:
@@ -203,7 +217,8 @@ def _settings(exp: TableExperiment, cfg: DictConfig, dev_rows: int, judgments: O
         backend=e.judge.backend, prompt=e.judge.prompt, rows=int(judgments["id"].nunique()),
         model=e.judge.api.model if e.judge.backend == "openai" else e.judge.model, task=cfg.data.task)
     return TableSettings(n_resamples=e.n_resamples, seed=e.seed, level=0.95, dev_rows=dev_rows, seeds=list(exp.seeds),
-                         calibration_samples=e.calibration_samples, calibration_rows=e.calibration_rows, judge=judge)
+                         calibration_samples=e.calibration_samples, calibration_rows=e.calibration_rows, judge=judge,
+                         loop_threshold=cfg.pairs.curate.max_repeat_share)
 
 
 def _length_buckets(per_system: dict[str, Any]) -> dict[str, Any]:
@@ -243,16 +258,17 @@ def table_results(exp: TableExperiment, cfg: DictConfig, data: Artifact, pairs: 
     for r in runs:
         held_out = split_held_out(scored, r.cfg.train.eval_fraction, r.cfg.train.eval_max_pairs, r.cfg.train.optim.seed)[1]
         run_rows.append(_run_row(r, held_out, generations, by_system["sft"], outcomes, calibration, n, rs))
-    loss_of = {r.system: r.loss for r in runs}
+    loss_of, sft = {r.system: r.loss for r in runs}, by_system["sft"]
     systems = {system: _system_row(
         system, labels, loss_of.get(system), run_rows, per_system["systems"][system], generations,
-        None if system == "sft" else eval_lib.paired_comparison(by_system[system], by_system["sft"], "rougeL", n, rs),
-        wins.get(system, {}), calibration) for system, labels in members.items()}
+        None if system == "sft" else (eval_lib.paired_comparison(by_system[system], sft, "rougeL", n, rs),
+                                      by_metric(by_system[system], sft, n, rs)),
+        wins.get(system, {}), calibration, cfg.pairs.curate.max_repeat_share) for system, labels in members.items()}
 
     plad = [s for s, v in systems.items() if v.plad]
     baselines = [s for s, v in systems.items() if v.kind == "trained" and not v.plad]
-    comparisons = [{"a": a, "b": b, **eval_lib.paired_comparison(by_system[a], by_system[b], "rougeL", n, rs)}
-                   for a in plad for b in baselines]
+    comparisons = [{"a": a, "b": b, **eval_lib.paired_comparison(by_system[a], by_system[b], "rougeL", n, rs),
+                    "by_metric": by_metric(by_system[a], by_system[b], n, rs)} for a in plad for b in baselines]
     return TableResults(
         experiment=asdict(exp), settings=_settings(exp, cfg, len(dev), judgments), systems=systems,
         comparisons=comparisons, length_buckets=_length_buckets(per_system), runs=run_rows,

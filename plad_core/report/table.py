@@ -33,16 +33,19 @@ Experiment = Any  # plad_core.experiments.table.TableExperiment
 
 def headline_table(result: Result) -> Table:
     """system | ROUGE-1 | ROUGE-2 | ROUGE-L [CI] | Δ ROUGE-L vs SFT [CI], p | its n and MDE | win rate vs
-    reference | vs SFT | mean tokens."""
+    reference | vs SFT | mean tokens | Δ ROUGE-2 vs SFT [CI], p | outputs that loop."""
     n = result.settings.n_resamples
     rows = []
     for system, s in result.systems.items():
         m, judge = s.metrics, s.judge
         rows.append([system_label(system), num_text(m["rouge1"]), num_text(m["rouge2"]), ci_text(m, "rougeL"),
                      delta_text(s.vs_sft, n), n_mde_text(s.vs_sft), ci_text(judge.get(REFERENCE), "win_rate", 1),
-                     ci_text(judge.get("sft"), "win_rate", 1), num_text(m["mean_output_tokens"], 1)])
+                     ci_text(judge.get("sft"), "win_rate", 1), num_text(m["mean_output_tokens"], 1),
+                     delta_text(getattr(s, "vs_sft_by_metric", {}).get("rouge2"), n),
+                     pct_text(getattr(s, "looping_outputs", None))])
     return Table(["system", "ROUGE-1", "ROUGE-2", "ROUGE-L [95% CI]", "Δ ROUGE-L vs SFT [95% CI], p",
-                  "Δ's n, MDE (80% power)", "win rate vs reference", "win rate vs SFT", "mean tokens"], rows)
+                  "Δ's n, MDE (80% power)", "win rate vs reference", "win rate vs SFT", "mean tokens",
+                  "Δ ROUGE-2 vs SFT [95% CI], p", "outputs that loop"], rows)
 
 
 def judge_validity_blocks(result: Result) -> list[Block]:
@@ -183,9 +186,8 @@ def _training_section(result: Result) -> list[Block]:
 
 def _tuning_section(exp: Experiment) -> list[Block]:
     t = exp.tuning
-    tuned = list(dict.fromkeys(x for x in [t.system, *t.systems, *t.grids] if x))
-    grids = "; ".join(f"{system}: " + ", ".join(f"{k} ∈ {v}" for k, v in t.grids.get(system, t.grid).items())
-                      for system in tuned)
+    grids = "; ".join(f"{system}: " + ", ".join(f"{k} ∈ {v}" for k, v in t.system_grid(system).items())
+                      for system in t.tuned_systems())
     blocks: list[Block] = [Heading("Tuning"), Para(
         (f"Grids, each system over every point of its own (the same number of points each): {grids}. "
          f"`plad table --tune` scores the points on {t.rows} labeled rows outside every split, never on dev; "

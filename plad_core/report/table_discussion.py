@@ -28,6 +28,49 @@ def _verdict(p: dict[str, Any], better: str, worse: str) -> str:
     return "no detectable difference (the CI includes 0)"
 
 
+ROUGE_NAMES = {"rougeL": "ROUGE-L", "rouge1": "ROUGE-1", "rouge2": "ROUGE-2"}
+
+
+def standing(compared: dict[str, Optional[dict[str, Any]]]) -> str:
+    """Where one system stands against another over every ROUGE variant's paired CI: a gain on one
+    variant with a loss on another (a longer output that shares less content) is mixed, not better."""
+    better = [ROUGE_NAMES[m] for m, c in compared.items() if c and c["low"] > 0]
+    worse = [ROUGE_NAMES[m] for m, c in compared.items() if c and c["high"] < 0]
+    if better and worse:
+        return (f"mixed: better on {', '.join(better)} but worse on {', '.join(worse)}, so not a better "
+                "student by ROUGE")
+    if better or worse:
+        named = ", ".join(better or worse)
+        rest = "" if len(better or worse) == len(compared) else ", no detectable difference on the others"
+        return f"{'better' if better else 'worse'} on {named}{rest}"
+    return "no detectable difference on any ROUGE variant"
+
+
+def _every_rouge(rouge_l: Optional[dict[str, Any]], others: dict[str, Any]) -> dict[str, Any]:
+    return {"rougeL": rouge_l, **others}
+
+
+def _other_rouge_text(others: dict[str, Any], n: int) -> str:
+    return "; ".join(f"{ROUGE_NAMES[m]} {delta_text(c, n)}" for m, c in others.items())
+
+
+def _other_rouge_sentences(result: Result) -> list[str]:
+    """ROUGE-1 and ROUGE-2 beside ROUGE-L, against SFT and in each PLaD-baseline pairing, with the
+    standing over all three."""
+    n, out = result.settings.n_resamples, []
+    trained = {s: v for s, v in _trained(result).items() if getattr(v, "vs_sft_by_metric", None)}
+    if trained:
+        out.append("The same paired test on ROUGE-1 and ROUGE-2, against the SFT student: " + "; ".join(
+            f"{s} {_other_rouge_text(v.vs_sft_by_metric, n)}: {standing(_every_rouge(v.vs_sft, v.vs_sft_by_metric))}"
+            for s, v in trained.items()) + ".")
+    pairings = [c for c in result.comparisons if c.get("by_metric")]
+    if pairings:
+        out.append("Against each baseline on ROUGE-1 and ROUGE-2: " + "; ".join(
+            f"{c['a']} − {c['b']} {_other_rouge_text(c['by_metric'], n)}: "
+            f"{standing(_every_rouge(c, c['by_metric']))}" for c in pairings) + ".")
+    return out
+
+
 def _trained(result: Result) -> dict[str, Any]:
     return {s: v for s, v in result.systems.items() if v.kind == "trained"}
 
@@ -41,9 +84,13 @@ def _against_baselines(result: Result) -> list[str]:
         lost = [c for c in result.comparisons if not c["low"] > 0]
         lines = [f"{c['a']} − {c['b']} {delta_text(c, n)} ({n_mde_text(c)}): "
                  f"{_verdict(c, c['a'] + ' better', c['b'] + ' better')}" for c in result.comparisons]
-        plain = ("PLaD beats every baseline here." if not lost else
-                 f"PLaD does not beat {len(lost)} of {len(result.comparisons)} PLaD-baseline pairings at this scale.")
+        mixed = [c for c in result.comparisons if any(m and m["high"] < 0 for m in c.get("by_metric", {}).values())]
+        plain = (f"PLaD does not beat {len(lost)} of {len(result.comparisons)} PLaD-baseline pairings at this scale."
+                 if lost else "PLaD beats every baseline on ROUGE-L" + (
+                     f", but is worse on ROUGE-1 or ROUGE-2 in {len(mixed)} of {len(result.comparisons)} pairings "
+                     "(below), so ROUGE-L alone does not make it the better student." if mixed else "."))
         out.append("PLaD against each baseline (ROUGE-L): " + "; ".join(lines) + ". " + plain)
+    out += _other_rouge_sentences(result)
     out += _power_sentence([v.vs_sft for v in trained.values()] + list(result.comparisons))
     if trained:
         best = max(trained, key=lambda s: trained[s].metrics["rougeL"])
@@ -126,10 +173,16 @@ def _training_paragraphs(result: Result) -> list[str]:
 
 def _length_paragraph(result: Result) -> str:
     lengths = [f"{system_label(s)} {num_text(v.metrics['mean_output_tokens'], 1)} tokens, "
-               f"{num_text(v.repeated_trigrams, 1)}% repeated" for s, v in result.systems.items()]
+               f"{num_text(v.repeated_trigrams, 1)}% repeated"
+               + (f", {pct_text(v.looping_outputs)} of outputs loops" if getattr(v, "looping_outputs", None) is not None
+                  else "") for s, v in result.systems.items()]
+    threshold = getattr(result.settings, "loop_threshold", None)
     return (
         "Length and repetition (dev outputs: mean tokens; share of word 3-grams that repeat an earlier 3-gram of "
-        "the same output, mean over outputs and seeds): " + "; ".join(lengths) + ". A student that moves toward "
+        "the same output, mean over outputs and seeds"
+        + (f"; an output is a loop when that share is above {threshold:g}, the pairs.curate.max_repeat_share "
+           "curation drops teacher outputs at" if threshold is not None else "")
+        + "): " + "; ".join(lengths) + ". A student that moves toward "
         "the teacher's length while its repeated share rises has learned the teacher's length, not its content, "
         "and loops until the token limit; ROUGE-L F1 hardly penalises such loops, so read it beside this.")
 

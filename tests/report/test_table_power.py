@@ -8,7 +8,7 @@ import pandas as pd
 
 from plad_core.evaluation.metrics import paired_comparison, system_summary
 from plad_core.report.table import headline_table, judge_validity_blocks
-from plad_core.report.table_discussion import _against_baselines
+from plad_core.report.table_discussion import _against_baselines, standing
 from plad_core.stats import min_detectable_difference
 
 N = 32
@@ -55,3 +55,33 @@ def test_the_table_puts_the_judges_validity_before_its_win_rates():
     (para,) = judge_validity_blocks(result(invalid)[0])
     assert para.text.startswith("The judge's validity check (41.3% [34.0, 49.3] on 150 known-answer cases) does "
                                 "not exclude chance: the win rates below are not evidence.")
+
+
+def test_a_rouge_l_gain_with_a_rouge_2_loss_is_called_mixed_not_better():
+    rng = np.random.default_rng(5)
+    ids = [f"r{i:02d}" for i in range(200)]
+
+    def frame(rouge_l, rouge_2):
+        return pd.DataFrame({"id": ids, "rougeL": np.clip(rng.normal(rouge_l, 0.05, 200), 0, 1), "rouge1": 0.3,
+                             "rouge2": np.clip(rng.normal(rouge_2, 0.02, 200), 0, 1), "output_tokens": 20})
+
+    sft, plad, seqkd = frame(0.12, 0.06), frame(0.16, 0.03), frame(0.12, 0.06)  # PLaD: +4 ROUGE-L, −3 ROUGE-2
+
+    def row(a, kind):
+        compared = {m: paired_comparison(a, sft, m, n_resamples=200) for m in ("rouge1", "rouge2")}
+        return SimpleNamespace(metrics=system_summary(a, 200, 0), judge={}, kind=kind, loss="ranking",
+                               vs_sft=paired_comparison(a, sft, n_resamples=200) if kind == "trained" else None,
+                               vs_sft_by_metric=compared if kind == "trained" else {})
+
+    comparison = {"a": "PLaD", "b": "SeqKD", **paired_comparison(plad, seqkd, n_resamples=200),
+                  "by_metric": {m: paired_comparison(plad, seqkd, m, n_resamples=200) for m in ("rouge1", "rouge2")}}
+    res = SimpleNamespace(settings=SimpleNamespace(n_resamples=200, judge=None), judge=None, comparisons=[comparison],
+                          systems={"sft": row(sft, "sft"), "PLaD": row(plad, "trained"), "SeqKD": row(seqkd, "trained")})
+    text = " ".join(_against_baselines(res))
+    assert "PLaD beats every baseline on ROUGE-L, but is worse on ROUGE-1 or ROUGE-2 in 1 of 1 pairings" in text
+    assert "PLaD ROUGE-1 +0.00 [+0.00, +0.00], p 1.000; ROUGE-2 -" in text
+    assert "mixed: better on ROUGE-L but worse on ROUGE-2, so not a better student by ROUGE" in text
+    assert "SeqKD ROUGE-1 +0.00 [+0.00, +0.00], p 1.000; ROUGE-2" in text
+    assert standing({"rougeL": None, "rouge1": {"low": -1, "high": 1}}) == "no detectable difference on any ROUGE variant"
+    assert standing({"rougeL": {"low": 0.1, "high": 1}, "rouge2": {"low": -1, "high": 1}}) == (
+        "better on ROUGE-L, no detectable difference on the others")
