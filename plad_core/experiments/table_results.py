@@ -44,12 +44,6 @@ def by_metric(a: pd.DataFrame, b: pd.DataFrame, n: int, rs: int) -> dict[str, Me
     return {m: eval_lib.paired_comparison(a, b, m, n, rs) for m in OTHER_ROUGE}
 
 
-def looping_share(texts: pd.Series, threshold: float) -> float:
-    """Share (x100) of ``texts`` whose repeated word-3-gram share is above ``threshold``
-    (``pairs.curate.max_repeat_share``: where curation calls a teacher output a loop no human writes)."""
-    return round(100 * float((texts.map(eval_lib.repeated_ngram_share) > threshold).mean()), 1)
-
-
 # --- per-row numbers ---------------------------------------------------------------------------------
 
 def seed_mean(generations: pd.DataFrame, members: dict[str, list[str]]) -> pd.DataFrame:
@@ -200,15 +194,17 @@ def _system_row(system: str, labels: list[str], loss: Optional[str], runs: list[
                 generations: pd.DataFrame, vs_sft: Optional[tuple[Metrics, dict[str, Metrics]]],
                 judge: dict[str, Metrics], calibration: dict[str, Metrics], loop_threshold: float) -> SystemRow:
     mine = [row for row in runs if row.system == system]
-    texts = generations.loc[generations["system"].isin(labels), "text"]
+    # each output's repeated 3-gram share: its mean, and the share of outputs above the threshold where
+    # curation calls a teacher output a loop no human writes (pairs.curate.max_repeat_share)
+    repeats = generations.loc[generations["system"].isin(labels), "text"].map(eval_lib.repeated_ngram_share)
     rouge_l, others = vs_sft or (None, {})
     return SystemRow(
         kind=system if system in FIXED else "trained", loss=loss, plad=loss in PLAD_LOSSES,
         seeds=[row.seed for row in mine], metrics=metrics,
-        repeated_trigrams=round(100 * float(np.mean([eval_lib.repeated_ngram_share(t) for t in texts])), 1),
+        repeated_trigrams=round(100 * float(repeats.mean()), 1),
         vs_sft=rouge_l, judge=judge, calibration=_system_calibration(labels, calibration),
         training=_system_training([row.training for row in mine]) if mine else None,
-        vs_sft_by_metric=others, looping_outputs=looping_share(texts, loop_threshold))
+        vs_sft_by_metric=others, looping_outputs=round(100 * float((repeats > loop_threshold).mean()), 1))
 
 
 def _settings(exp: TableExperiment, cfg: DictConfig, dev_rows: int, judgments: Optional[pd.DataFrame]) -> TableSettings:

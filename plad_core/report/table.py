@@ -41,8 +41,7 @@ def headline_table(result: Result) -> Table:
         rows.append([system_label(system), num_text(m["rouge1"]), num_text(m["rouge2"]), ci_text(m, "rougeL"),
                      delta_text(s.vs_sft, n), n_mde_text(s.vs_sft), ci_text(judge.get(REFERENCE), "win_rate", 1),
                      ci_text(judge.get("sft"), "win_rate", 1), num_text(m["mean_output_tokens"], 1),
-                     delta_text(getattr(s, "vs_sft_by_metric", {}).get("rouge2"), n),
-                     pct_text(getattr(s, "looping_outputs", None))])
+                     delta_text(s.vs_sft_by_metric.get("rouge2"), n), pct_text(s.looping_outputs)])
     return Table(["system", "ROUGE-1", "ROUGE-2", "ROUGE-L [95% CI]", "Δ ROUGE-L vs SFT [95% CI], p",
                   "Δ's n, MDE (80% power)", "win rate vs reference", "win rate vs SFT", "mean tokens",
                   "Δ ROUGE-2 vs SFT [95% CI], p", "outputs that loop"], rows)

@@ -58,7 +58,7 @@ def _other_rouge_sentences(result: Result) -> list[str]:
     """ROUGE-1 and ROUGE-2 beside ROUGE-L, against SFT and in each PLaD-baseline pairing, with the
     standing over all three."""
     n, out = result.settings.n_resamples, []
-    trained = {s: v for s, v in _trained(result).items() if getattr(v, "vs_sft_by_metric", None)}
+    trained = {s: v for s, v in _trained(result).items() if v.vs_sft_by_metric}
     if trained:
         out.append("The same paired test on ROUGE-1 and ROUGE-2, against the SFT student: " + "; ".join(
             f"{s} {_other_rouge_text(v.vs_sft_by_metric, n)}: {standing(_every_rouge(v.vs_sft, v.vs_sft_by_metric))}"
@@ -174,9 +174,9 @@ def _training_paragraphs(result: Result) -> list[str]:
 def _length_paragraph(result: Result) -> str:
     lengths = [f"{system_label(s)} {num_text(v.metrics['mean_output_tokens'], 1)} tokens, "
                f"{num_text(v.repeated_trigrams, 1)}% repeated"
-               + (f", {pct_text(v.looping_outputs)} of outputs loops" if getattr(v, "looping_outputs", None) is not None
-                  else "") for s, v in result.systems.items()]
-    threshold = getattr(result.settings, "loop_threshold", None)
+               + (f", {pct_text(v.looping_outputs)} of outputs loops" if v.looping_outputs is not None else "")
+               for s, v in result.systems.items()]
+    threshold = result.settings.loop_threshold
     return (
         "Length and repetition (dev outputs: mean tokens; share of word 3-grams that repeat an earlier 3-gram of "
         "the same output, mean over outputs and seeds"

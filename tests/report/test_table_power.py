@@ -25,7 +25,7 @@ def result(judge=None):
 
     def row(frame, kind, vs_sft):
         return SimpleNamespace(metrics=system_summary(frame, 200, 0), judge={}, vs_sft=vs_sft, kind=kind,
-                               loss="ranking" if kind == "trained" else None)
+                               loss="ranking" if kind == "trained" else None, vs_sft_by_metric={}, looping_outputs=None)
 
     systems = {"sft": row(sft, "sft", None), "PLaD": row(plad, "trained", paired_comparison(plad, sft, n_resamples=200)),
                "SeqKD": row(seqkd, "trained", paired_comparison(seqkd, sft, n_resamples=200))}
